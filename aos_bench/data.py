@@ -1,0 +1,307 @@
+"""Load the benchmark's image datasets as uint8 tensors, decoding image folders once and caching them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from omegaconf import DictConfig
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2.functional import resize
+
+# Bump when the cached content or its layout changes, so old cache files are never reused.
+CACHE_FORMAT_VERSION = 1
+# Formats torchvision.io.decode_image reads natively.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp"})
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+INTEL_KAGGLE = "puneet6060/intel-image-classification"
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Train and test splits as CPU tensors: x uint8 (N, C, H, W), y int64 (N,)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+
+class UsageError(Exception):
+    """Bad input from the user (config value, missing files): shown as one line, no traceback."""
+
+
+def default_cache_dir() -> Path:
+    """$AOS_CACHE_DIR, else $XDG_CACHE_HOME/aos_bench, else ~/.cache/aos_bench."""
+    # Empty variables count as unset, as the XDG spec asks.
+    if os.environ.get("AOS_CACHE_DIR"):
+        return Path(os.environ["AOS_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "aos_bench"
+    return Path.home() / ".cache" / "aos_bench"
+
+
+def load_data(dataset: DictConfig | Mapping, data_dir: str | Path, cache_dir: str | Path | None) -> ImageData:
+    """Load the train and test splits of the configured dataset as uint8 tensors."""
+    name = dataset.get("name")
+    if name not in LOADERS:
+        raise UsageError(f"dataset.name={name!r} is not one of: {', '.join(sorted(LOADERS))}")
+    cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    return LOADERS[name](dataset, Path(data_dir).expanduser(), cache)
+
+
+def _int_option(dataset: Mapping, key: str, default: int | None = None, minimum: int = 1) -> int:
+    """Read dataset.<key> as an int >= minimum; a missing or bad value is a UsageError."""
+    value = dataset.get(key, default)
+    if value is None:
+        raise UsageError(f"dataset.{key} is missing")
+    # bool is a subclass of int, but `true` is never a sensible count.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UsageError(f"dataset.{key}={value!r} is not an integer >= {minimum}")
+    return value
+
+
+def _bool_option(dataset: Mapping, key: str) -> bool:
+    """Read dataset.<key> as a bool, false when absent; any other type is a UsageError."""
+    value = dataset.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError(f"dataset.{key}={value!r} is not true or false")
+    return value
+
+
+def _one_line(error: BaseException) -> str:
+    """First line of an exception's message, so UsageErrors stay single-line."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
+    """MNIST from torchvision's layout <data_dir>/MNIST/raw, downloading there if asked."""
+    download = _bool_option(dataset, "download")
+    try:
+        train = torchvision.datasets.MNIST(root=data_dir, train=True, download=download)
+        test = torchvision.datasets.MNIST(root=data_dir, train=False, download=download)
+    # torchvision reports missing files as RuntimeError and network failures as URLError (an OSError).
+    except (RuntimeError, OSError) as error:
+        reason = f" (download failed: {_one_line(error)})" if download else ""
+        raise UsageError(
+            f"MNIST not found in {data_dir / 'MNIST' / 'raw'}{reason}: expected {', '.join(MNIST_FILES)}; "
+            "set data_dir (or AOS_DATA_DIR) to the folder that holds MNIST/raw, "
+            "or set dataset.download=true on a machine with internet access"
+        ) from error
+    return ImageData(
+        train_x=train.data.unsqueeze(1),
+        train_y=train.targets.long(),
+        test_x=test.data.unsqueeze(1),
+        test_y=test.targets.long(),
+        # torchvision names them "0 - zero" etc.; plain digits read better in reports.
+        classes=[str(i) for i in range(10)],
+    )
+
+
+def _load_cifar10(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
+    """CIFAR-10 from torchvision's pickled batches, else an ImageFolder copy, else a download if asked."""
+    folder = data_dir / "cifar10"
+    if (data_dir / "cifar-10-batches-py").is_dir():
+        return _cifar10_torchvision(data_dir, download=False)
+    if (folder / "train").is_dir() and (folder / "test").is_dir():
+        # dataset.image_size does not apply: CIFAR-10 stays at its native 32x32.
+        return _image_folder_splits(folder / "train", folder / "test", (32, 32), cache_dir)
+    if _bool_option(dataset, "download"):
+        return _cifar10_torchvision(data_dir, download=True)
+    raise UsageError(
+        f"CIFAR-10 not found: searched {data_dir / 'cifar-10-batches-py'} (torchvision's layout) and "
+        f"{folder}/{{train,test}}/<class>/*.png (ImageFolder layout); set data_dir (or AOS_DATA_DIR) to the "
+        "folder that holds either, or set dataset.download=true on a machine with internet access"
+    )
+
+
+def _cifar10_torchvision(data_dir: Path, download: bool) -> ImageData:
+    """CIFAR-10 through torchvision.datasets.CIFAR10 (pickled batches under <data_dir>/cifar-10-batches-py)."""
+    try:
+        train = torchvision.datasets.CIFAR10(root=data_dir, train=True, download=download)
+        test = torchvision.datasets.CIFAR10(root=data_dir, train=False, download=download)
+    except (RuntimeError, OSError) as error:
+        raise UsageError(
+            f"CIFAR-10 could not be read from {data_dir / 'cifar-10-batches-py'}: {_one_line(error)}; "
+            "set data_dir (or AOS_DATA_DIR) to a folder holding a complete copy, "
+            "or set dataset.download=true on a machine with internet access"
+        ) from error
+    return ImageData(
+        train_x=torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
+        train_y=torch.tensor(train.targets, dtype=torch.int64),
+        test_x=torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(),
+        test_y=torch.tensor(test.targets, dtype=torch.int64),
+        classes=list(train.classes),
+    )
+
+
+def _load_intel(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
+    """Intel scenes from <data_dir>/intel/{seg_train,seg_test}/<class>/*.jpg, squashed to image_size."""
+    size = _int_option(dataset, "image_size", 64)
+    folder = data_dir / "intel"
+    train, test = _unnest(folder / "seg_train"), _unnest(folder / "seg_test")
+    if not (train.is_dir() and test.is_dir()):
+        raise UsageError(
+            f"Intel images not found: expected {folder}/seg_train/<class>/*.jpg and "
+            f"{folder}/seg_test/<class>/*.jpg; "
+            f"download the Kaggle dataset {INTEL_KAGGLE} and unpack it so that seg_train/ and seg_test/ "
+            f"are under {folder}, or set data_dir (or AOS_DATA_DIR) to the folder that holds intel/"
+        )
+    return _image_folder_splits(train, test, (size, size), cache_dir)
+
+
+def _unnest(split: Path) -> Path:
+    """The Kaggle archive unpacks as seg_train/seg_train/<class>: accept that as well."""
+    inner = split / split.name
+    return inner if inner.is_dir() else split
+
+
+def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_dir: Path) -> ImageData:
+    """Both splits of an ImageFolder dataset; the test split must have the train split's classes."""
+    train_x, train_y, classes = _read_image_folder(train, size, cache_dir)
+    test_x, test_y, test_classes = _read_image_folder(test, size, cache_dir)
+    if test_classes != classes:
+        raise UsageError(f"class folders differ: {train} has {classes}, {test} has {test_classes}")
+    return ImageData(train_x, train_y, test_x, test_y, classes)
+
+
+def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Sorted class folder names and (path relative to root, label) pairs in sorted order, like ImageFolder."""
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    files: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        # os.walk rather than Path.rglob: listing 60k files this way is several times faster.
+        for folder, subfolders, names in os.walk(root / name, followlinks=True):
+            subfolders.sort()
+            relative = os.path.relpath(folder, root)
+            files += [
+                (f"{relative}/{file}".replace(os.sep, "/"), label)
+                for file in sorted(names)
+                if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS
+            ]
+    if not files:
+        raise UsageError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {root}/<class>/")
+    return classes, files
+
+
+def _cache_path(root: Path, files: list[tuple[str, int]], size: tuple[int, int], cache_dir: Path) -> Path:
+    """Cache file named by a hash of everything the decoded tensors depend on."""
+    # Sizes and mtimes stand in for the content: a changed, added or removed file gives a new key.
+    stats = [_file_stamp(root, relative) for relative, _ in files]
+    key = json.dumps([CACHE_FORMAT_VERSION, str(root.resolve()), list(size), stats])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    return cache_dir / f"{root.parent.name}-{root.name}-{size[0]}x{size[1]}-{digest}.pt"
+
+
+def _file_stamp(root: Path, relative: str) -> tuple[str, int, int]:
+    """A file's path relative to root, its size and its mtime in ns."""
+    stat = os.stat(os.path.join(root, relative))
+    return relative, stat.st_size, stat.st_mtime_ns
+
+
+def _read_image_folder(
+    root: Path, size: tuple[int, int], cache_dir: Path
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Images (N, 3, H, W) uint8, labels and classes of one ImageFolder split, from the cache when fresh."""
+    classes, files = _list_image_folder(root)
+    cache = _cache_path(root, files, size, cache_dir)
+    if cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            return saved["x"], saved["y"], saved["classes"]
+        # Any unreadable cache file is simply rebuilt.
+        except Exception as error:
+            warnings.warn(f"ignoring unreadable cache file {cache}: {_one_line(error)}")
+    x = _decode_images([root / relative for relative, _ in files], size)
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)
+    _save_cache(cache, {"x": x, "y": y, "classes": classes})
+    return x, y, classes
+
+
+def _decode_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
+    """Decode image files to RGB and resize (antialiased) to size where they differ, as one uint8 tensor."""
+    out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of torchcodec and warns on every call.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        for i, path in enumerate(paths):
+            try:
+                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            except RuntimeError as error:
+                raise UsageError(f"cannot decode image {path}: {_one_line(error)}") from error
+            if tuple(image.shape[-2:]) != size:
+                image = resize(image, list(size), antialias=True)
+            out[i] = image
+    return out
+
+
+def _save_cache(path: Path, content: dict[str, Any]) -> None:
+    """Write content atomically (temp file + rename), warning instead of failing when that is impossible."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        warnings.warn(f"not caching decoded images: cannot write to {path.parent} ({error})")
+        return
+    try:
+        # mkstemp creates the file private (0600); a cache shared between users must be readable.
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as file:
+            torch.save(content, file)
+        # os.replace is atomic: parallel jobs see either no cache file or a complete one.
+        os.replace(tmp, path)
+    # torch.save reports a full disk as RuntimeError, other write failures as OSError.
+    except (OSError, RuntimeError) as error:
+        Path(tmp).unlink(missing_ok=True)
+        warnings.warn(f"not caching decoded images: cannot write {path} ({error})")
+
+
+def _load_synthetic(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
+    """Separable toy data: one smooth random prototype per class plus Gaussian pixel noise."""
+    n_classes = _int_option(dataset, "n_classes")
+    channels = _int_option(dataset, "channels")
+    size = _int_option(dataset, "image_size", 64)
+    train_per_class = _int_option(dataset, "train_per_class")
+    test_per_class = _int_option(dataset, "test_per_class")
+    seed = _int_option(dataset, "seed", minimum=0)
+    generator = torch.Generator().manual_seed(seed)
+    # Upsampled 4x4 patterns give large uniform regions, which a small CNN separates within a few steps.
+    coarse = torch.rand((n_classes, channels, 4, 4), generator=generator)
+    prototypes = 48 + 160 * F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    train_x, train_y = _noisy_copies(prototypes, train_per_class, generator)
+    test_x, test_y = _noisy_copies(prototypes, test_per_class, generator)
+    return ImageData(train_x, train_y, test_x, test_y, [f"c{i}" for i in range(n_classes)])
+
+
+def _noisy_copies(
+    prototypes: torch.Tensor, per_class: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_class noisy uint8 copies of each prototype, with labels in class order."""
+    y = torch.arange(len(prototypes)).repeat_interleave(per_class)
+    noise = 32 * torch.randn((len(y), *prototypes.shape[1:]), generator=generator)
+    return (prototypes[y] + noise).round().clamp(0, 255).to(torch.uint8), y
+
+
+LOADERS: dict[str, Callable[[Mapping, Path, Path], ImageData]] = {
+    "cifar10": _load_cifar10,
+    "intel": _load_intel,
+    "mnist": _load_mnist,
+    "synthetic": _load_synthetic,
+}

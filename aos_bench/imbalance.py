@@ -1,0 +1,130 @@
+"""Step and linear imbalance: exact class sizes and a seeded choice of images.
+
+Definitions (also in the README, held by tests/test_imbalance.py):
+- n_max = the smallest class size of the train split unless `imbalance.n_max` is set; n_min = max(1, round(n_max / rho)).
+- step: k = floor(mu * N + 0.5) minority classes (1 <= k <= N-1) of n_min images, the others n_max.
+- linear: class sizes round(n_min + (n_max - n_min) * i / (N - 1)), i = 0..N-1, over a class order; every class
+  smaller than the largest is minority.
+`round` is Python's round (half to even). Images inside a class are drawn without replacement with `data_seed`,
+so one dataset, imbalance and data_seed give the same subset whatever the method and training seed.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from aos_bench.data import UsageError
+
+MINORITY_MODES = ("random", "first", "last")
+
+
+@dataclass(frozen=True)
+class Subset:
+    indices: torch.Tensor  # int64 indices into the train split, grouped by class
+    sizes: list[int]  # images per class, index = label
+    minority_classes: list[int]  # labels treated as minority (AOS attacks these)
+
+
+def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data_seed: int) -> Subset:
+    """Draw the imbalanced training subset described by the `imbalance` config."""
+    gen = torch.Generator().manual_seed(data_seed)
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    if cfg["kind"] == "none":
+        return Subset(torch.arange(len(labels)), counts, [])
+    n_max = majority_size(counts, cfg.get("n_max"))
+    n_min = minority_size(n_max, cfg["rho"])
+    if cfg["kind"] == "step":
+        sizes, minority = step_sizes(classes, cfg["mu"], n_min, n_max, cfg.get("minority", "random"), gen)
+    elif cfg["kind"] == "linear":
+        sizes = linear_sizes(len(classes), n_min, n_max, cfg.get("minority", "random"), gen)
+        minority = [c for c, n in enumerate(sizes) if n < max(sizes)]
+    else:
+        raise UsageError(f"imbalance.kind={cfg['kind']!r} is not one of: none, step, linear")
+    return Subset(draw_images(labels, sizes, gen), sizes, minority)
+
+
+def majority_size(counts: list[int], n_max: int | None) -> int:
+    """The majority class size: `n_max` if set, else the smallest class of the split."""
+    if n_max is None:
+        return min(counts)
+    if not 1 <= n_max <= min(counts):
+        raise UsageError(f"imbalance.n_max={n_max} must be between 1 and the smallest class size {min(counts)}")
+    return int(n_max)
+
+
+def minority_size(n_max: int, rho: float) -> int:
+    """n_min = max(1, round(n_max / rho))."""
+    if not rho >= 1:
+        raise UsageError(f"imbalance.rho={rho} must be a number >= 1 (largest class size / smallest)")
+    return max(1, round(n_max / rho))
+
+
+def minority_count(mu: float, n_classes: int) -> int:
+    """k = floor(mu * N + 0.5), which must leave at least one class on each side."""
+    k = math.floor(mu * n_classes + 0.5)
+    if not 1 <= k <= n_classes - 1:
+        raise UsageError(
+            f"imbalance.mu={mu} gives k={k} minority classes of {n_classes}; "
+            f"allowed: 1 <= floor(mu * {n_classes} + 0.5) <= {n_classes - 1}"
+        )
+    return k
+
+
+def step_sizes(
+    classes: Sequence[str], mu: float, n_min: int, n_max: int, minority: object, gen: torch.Generator
+) -> tuple[list[int], list[int]]:
+    """Class sizes and minority labels of a step imbalance."""
+    n = len(classes)
+    k = minority_count(mu, n)
+    if isinstance(minority, str):
+        chosen = ordered_classes(n, minority, gen)[:k]
+    else:
+        chosen = [class_index(c, classes) for c in minority]
+        if len(set(chosen)) != k:
+            raise UsageError(
+                f"imbalance.minority={list(minority)} names {len(set(chosen))} classes but mu={mu} gives k={k}"
+            )
+    chosen = sorted(chosen)
+    return [n_min if c in chosen else n_max for c in range(n)], chosen
+
+
+def linear_sizes(n_classes: int, n_min: int, n_max: int, minority: object, gen: torch.Generator) -> list[int]:
+    """Class sizes of a linear imbalance; `minority` picks the order from smallest to largest."""
+    if not isinstance(minority, str):
+        raise UsageError(f"imbalance.minority={minority} is not one of {MINORITY_MODES} (a list is for step only)")
+    order = ordered_classes(n_classes, minority, gen)
+    sizes = [0] * n_classes
+    for i, c in enumerate(order):
+        sizes[c] = round(n_min + (n_max - n_min) * i / (n_classes - 1))
+    return sizes
+
+
+def ordered_classes(n_classes: int, mode: str, gen: torch.Generator) -> list[int]:
+    """Classes from the first to be made minority to the last."""
+    if mode == "random":
+        return torch.randperm(n_classes, generator=gen).tolist()
+    if mode == "first":
+        return list(range(n_classes))
+    if mode == "last":
+        return list(reversed(range(n_classes)))
+    raise UsageError(f"imbalance.minority={mode!r} is not one of {MINORITY_MODES} or a list of classes")
+
+
+def class_index(name: object, classes: Sequence[str]) -> int:
+    """A class given as index or name, as its index."""
+    if isinstance(name, int) and 0 <= name < len(classes):
+        return name
+    if isinstance(name, str) and name in classes:
+        return classes.index(name)
+    raise UsageError(f"imbalance.minority has {name!r}: allowed are indices 0..{len(classes) - 1} or names {list(classes)}")
+
+
+def draw_images(labels: torch.Tensor, sizes: list[int], gen: torch.Generator) -> torch.Tensor:
+    """`sizes[c]` indices of class c drawn without replacement, class by class."""
+    picked = []
+    for c, size in enumerate(sizes):
+        members = (labels == c).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=gen)[:size]])
+    return torch.cat(picked)

@@ -1,0 +1,82 @@
+"""One job: data -> imbalance -> method -> training -> metrics -> MLflow."""
+
+import logging
+
+import mlflow
+import torch
+from omegaconf import DictConfig
+from sklearn.metrics import confusion_matrix
+
+from aos_bench.data import UsageError, load_data
+from aos_bench.imbalance import make_subset
+from aos_bench.methods import get_method, validate_method
+from aos_bench.metrics import per_class, scores
+from aos_bench.models import build_model
+from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
+from aos_bench.tracking import job_run
+from aos_bench.train import fit, pick_device, predict
+
+EPOCH_SIZES = ("balanced", "method")
+log = logging.getLogger(__name__)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject bad config values with one line naming the key, before any data is loaded."""
+    validate_method(cfg.method)
+    pick_device(cfg.train.device)
+    if cfg.train.epoch_size not in EPOCH_SIZES:
+        raise UsageError(f"train.epoch_size={cfg.train.epoch_size!r} is not one of: {', '.join(EPOCH_SIZES)}")
+    if cfg.train.progress not in ("auto", True, False):
+        raise UsageError(f"train.progress={cfg.train.progress!r} is not one of: auto, true, false")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if not (isinstance(cfg.train[key], int) and cfg.train[key] >= 1):
+            raise UsageError(f"train.{key}={cfg.train[key]!r} must be a whole number >= 1")
+
+
+def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
+    """Train and evaluate one configuration, logged as one MLflow run; returns the test metrics (percent)."""
+    validate(cfg)
+    progress = interactive if cfg.train.progress == "auto" else cfg.train.progress
+    device = pick_device(cfg.train.device)
+    method = get_method(cfg.method.name)
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+    tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind}
+    with job_run(cfg, tags) as active:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.train_x.shape[1], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+        model = model.to(device, memory_format=torch.channels_last)
+        x, y = data.train_x[subset.indices].to(device), data.train_y[subset.indices].to(device)
+        stats = fit(
+            model,
+            x,
+            y,
+            method,
+            cfg.train,
+            cfg.method,
+            cfg.dataset.augment,
+            subset.minority_classes,
+            cfg.seed,
+            on_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
+            progress=progress,
+        )
+        mlflow.log_dict(
+            {
+                "classes": data.classes,
+                "minority_classes": subset.minority_classes,
+                "imbalanced": subset.sizes,
+                "resampled": stats["class_counts"],
+            },
+            "class_counts.json",
+        )
+        y_true = data.test_y.numpy()
+        y_pred = predict(model, data.test_x.to(device), cfg.train.eval_batch_size).cpu().numpy()
+        metrics = scores(y_true, y_pred, len(data.classes), subset.minority_classes)
+        mlflow.log_metrics({**metrics, "train_steps": stats["train_steps"]})
+        mlflow.log_text(per_class(y_true, y_pred, data.classes).to_csv(index=False), "per_class.csv")
+        matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(data.classes))))
+        log_figure(confusion_figure(matrix, data.classes), "confusion_matrix.png")
+        if stats["examples"] is not None:
+            log_figure(adversarial_figure(*stats["examples"], data.classes), "adversarial_examples.png")
+    log.info("run %s: test_f1_macro=%.2f test_accuracy=%.2f", active.info.run_id, metrics["test_f1_macro"], metrics["test_accuracy"])
+    return metrics

@@ -1,0 +1,153 @@
+"""The training core: data held on the device as uint8 tensors, batches as index slices of on-device permutations.
+
+fit() trains one model with one method; predict() labels a test set. No DataLoader, no worker processes: every
+image is already on the device, so a batch costs one gather, one conversion to float and the model itself.
+"""
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from aos_bench.data import UsageError
+from aos_bench.methods import Method
+
+EXAMPLES = 8  # minority images kept (original and attacked) for adversarial_examples.png
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` = CUDA when present, else the CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("train.device='cuda' but no CUDA device is available; allowed here: auto, cpu")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"train.device={name!r} is not one of: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, plain fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to [0, 1] floats in channels_last order (faster convolutions on CUDA and on the CPU alike)."""
+    return x.float().div_(255).contiguous(memory_format=torch.channels_last)
+
+
+def epoch_images(labels: torch.Tensor, positions: torch.Tensor, epoch_size: str) -> int:
+    """Images per epoch: N x largest class (balanced: equal steps for every method) or one pass over the method's set."""
+    if epoch_size == "balanced":
+        return int(torch.bincount(labels).max()) * int(labels.max() + 1)
+    return len(positions)
+
+
+def epoch_order(positions: torch.Tensor, n_images: int, gen: torch.Generator) -> torch.Tensor:
+    """`n_images` entries of `positions`, in passes reshuffled each time (a smaller set is cycled)."""
+    passes = math.ceil(n_images / len(positions))
+    perms = [positions[torch.randperm(len(positions), generator=gen, device=gen.device)] for _ in range(passes)]
+    return torch.cat(perms)[:n_images]
+
+
+def augment(x: torch.Tensor, flip: bool, crop_pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and translations by up to crop_pad pixels (reflect padding), per image."""
+    n, _, h, w = x.shape
+    if flip:
+        mirror = torch.rand(n, generator=gen, device=x.device) < 0.5
+        x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
+    if crop_pad:
+        padded = F.pad(x, (crop_pad,) * 4, mode="reflect")
+        dy, dx = torch.randint(2 * crop_pad + 1, (2, n, 1), generator=gen, device=x.device)
+        rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        x = padded.gather(2, rows.expand(n, x.shape[1], h, w + 2 * crop_pad)).gather(3, cols.expand(n, x.shape[1], h, w))
+    return x
+
+
+def schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up over a `warmup` fraction of the steps, then linear decay to 0."""
+    warm = max(1, round(warmup * total_steps))
+    return lambda t: (t + 1) / warm if t < warm else max(0.0, (total_steps - t) / max(1, total_steps - warm))
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    method: Method,
+    cfg: Mapping,
+    method_cfg: Mapping,
+    augment_cfg: Mapping,
+    minority_classes: list[int],
+    seed: int,
+    on_epoch: Callable[[int, dict], None] = lambda epoch, stats: None,
+    progress: bool = False,
+) -> dict:
+    """Train `model` in place on uint8 images `x` (on the training device) with labels `y`; returns the run's statistics."""
+    device = x.device
+    gen = torch.Generator(device).manual_seed(seed)
+    is_minority = torch.zeros(int(y.max()) + 1, dtype=torch.bool, device=device)
+    is_minority[minority_classes] = True
+    positions = method.resample(y, gen)
+    forward = torch.compile(model) if cfg["compile"] else model  # the attack keeps the eager model
+    n_images = epoch_images(y, positions, cfg["epoch_size"])
+    steps_per_epoch = math.ceil(n_images / cfg["batch_size"])
+    total = steps_per_epoch * cfg["epochs"] if cfg["max_steps"] is None else min(cfg["max_steps"], steps_per_epoch * cfg["epochs"])
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"]
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
+    stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist()}
+    epochs = tqdm(range(cfg["epochs"]), desc="epochs", disable=not progress, leave=False)
+    for epoch in epochs:
+        if method_cfg.get("redraw") and epoch:
+            positions = method.resample(y, gen)
+        order = epoch_order(positions, n_images, gen)
+        loss_sum = torch.zeros((), device=device)
+        adv_images = 0
+        model.train()
+        for start in range(0, n_images, cfg["batch_size"]):
+            if stats["train_steps"] == total:
+                break
+            idx = order[start : start + cfg["batch_size"]]
+            xb, yb = augment(to_input(x[idx]), augment_cfg["flip"], augment_cfg["crop_pad"], gen), y[idx]
+            if method.perturb is not None:
+                clean = xb
+                with autocast(device):
+                    xb, attacked = method.perturb(model, xb, yb, is_minority, method_cfg, gen)
+                adv_images += len(attacked)
+                if stats["examples"] is None and len(attacked):
+                    keep = attacked[:EXAMPLES]
+                    stats["examples"] = (clean[keep].float().cpu(), xb[keep].float().cpu(), yb[keep].cpu())
+            with autocast(device):
+                loss = F.cross_entropy(forward(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            stats["train_steps"] += 1
+        steps = stats["train_steps"] - epoch * steps_per_epoch
+        epoch_stats = {"train_loss": loss_sum.item() / max(1, steps)}  # the epoch's one host sync
+        if method.perturb is not None:
+            epoch_stats["adv_images"] = adv_images
+        epochs.set_postfix(loss=f"{epoch_stats['train_loss']:.3f}")
+        on_epoch(epoch, epoch_stats)
+        if stats["train_steps"] == total:
+            break
+    return stats
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted labels of uint8 images `x` (on the model's device)."""
+    model.eval()
+    with autocast(x.device):
+        return torch.cat([model(to_input(x[i : i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])

@@ -1,0 +1,114 @@
+"""End to end: the real entry point, configs and MLflow store, on the synthetic dataset (and MNIST where present)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import DATA, ROOT, make_config, needs
+
+from aos_bench import job
+
+ARTIFACTS = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}
+METRICS = ["test_f1_macro", "test_f1_weighted", "test_accuracy", "test_balanced_accuracy", "test_gmean"]
+
+
+def aos_bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m aos_bench ARGS` in tmp_path, tracking into tmp_path/mlruns."""
+    env = {"PATH": "/usr/bin:/bin", "AOS_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "aos_bench", *args, f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def runs(tmp_path: Path, experiment: str = "aos_bench"):
+    """All runs of the store that `aos_bench` wrote in tmp_path."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    return mlflow.search_runs(experiment_names=[experiment])
+
+
+def test_multirun_logs_three_finished_runs_with_metrics_and_artifacts(tmp_path):
+    result = aos_bench(tmp_path, "-m", "method=base,ros,aos", "dataset=synthetic", "train=smoke")
+    assert result.returncode == 0, result.stderr
+    table = runs(tmp_path)
+    assert sorted(table["tags.method"]) == ["aos", "base", "ros"]
+    assert (table["status"] == "FINISHED").all()
+    assert table[[f"metrics.{m}" for m in METRICS]].notna().all().all()
+    assert (table["metrics.train_steps"] == 6).all()  # train=smoke: the same 6 steps for every method
+    assert set(table["params.imbalance.mu"]) == {"0.3"}
+    for _, row in table.iterrows():
+        names = {a.path for a in mlflow.MlflowClient().list_artifacts(row.run_id)}
+        expected = ARTIFACTS | ({"adversarial_examples.png"} if row["tags.method"] == "aos" else set())
+        assert expected <= names
+    aos = table[table["tags.method"] == "aos"].iloc[0]
+    assert aos["metrics.adv_images"] > 0
+
+
+def test_equal_steps_for_every_method_by_default(tmp_path):
+    args = ["dataset=synthetic", "train.epochs=1", "train.batch_size=64", "imbalance.rho=10"]
+    steps = {}
+    for method in ("base", "ros"):
+        cfg = make_config(f"method={method}", *args, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+        job.run(cfg)
+        steps[method] = runs_at(tmp_path, method)
+    # balanced epoch: N x n_max = 10 x 200 images, in batches of 64
+    assert steps == {"base": 32, "ros": 32}
+
+
+def runs_at(tmp_path: Path, method: str) -> int:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    table = mlflow.search_runs(experiment_names=["aos_bench"], filter_string=f"tags.method = '{method}'")
+    return int(table["metrics.train_steps"].iloc[0])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("imbalance.mu=0.01", "imbalance.mu=0.01 gives k=0"),
+        ("method.p=2", "method.p=2"),
+        ("train.epoch_size=half", "train.epoch_size='half'"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_run(tmp_path, override, message):
+    result = aos_bench(tmp_path, "dataset=synthetic", "train=smoke", override)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "mlruns").exists(), "a run was created for bad input"
+
+
+def test_missing_data_names_the_directory(tmp_path):
+    result = aos_bench(tmp_path, "data_dir=nowhere", "dataset.download=false")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "nowhere/MNIST/raw" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_a_run_that_raises_ends_failed_with_the_error(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation broke")
+
+    monkeypatch.setattr(job, "predict", broken)
+    cfg = make_config("dataset=synthetic", "train=smoke", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(RuntimeError):
+        job.run(cfg)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    table = mlflow.search_runs(experiment_names=["aos_bench"])
+    assert table["status"].tolist() == ["FAILED"]
+    assert table["tags.error"].iloc[0] == "RuntimeError: evaluation broke"
+
+
+@needs("MNIST")
+def test_short_real_run_on_mnist(tmp_path):
+    cfg = make_config(f"data_dir={DATA}", "train=smoke", "train.max_steps=30", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    metrics = job.run(cfg)
+    assert 0 <= metrics["test_f1_macro"] <= 100
+    assert metrics["test_accuracy"] > 20  # 30 steps on real digits already beat chance (10%)
+    counts = mlflow.artifacts.load_dict(f"{mlflow.last_active_run().info.artifact_uri}/class_counts.json")
+    assert sorted(counts["imbalanced"]) == [11] * 3 + [5421] * 7
+    assert counts["resampled"] == [5421] * 10
+
+
+def test_config_found_from_the_source_tree():
+    assert (ROOT / "conf" / "config.yaml").exists()
+    cfg = make_config()
+    assert (cfg.dataset.name, cfg.imbalance.kind, cfg.imbalance.mu, cfg.imbalance.rho, cfg.method.eps) == ("mnist", "step", 0.3, 500, 0.1)
