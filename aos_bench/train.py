@@ -56,6 +56,11 @@ def epoch_order(positions: torch.Tensor, n_images: int, gen: torch.Generator) ->
     return torch.cat(perms)[:n_images]
 
 
+def epoch_batches(positions: torch.Tensor, n_images: int, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """One epoch's batches: index tensors of `batch_size` entries of epoch_order (the last may be shorter)."""
+    return epoch_order(positions, n_images, gen).split(batch_size)
+
+
 def augment(x: torch.Tensor, flip: bool, crop_pad: int, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and translations by up to crop_pad pixels (reflect padding), per image."""
     n, _, h, w = x.shape
@@ -75,6 +80,11 @@ def schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up over a `warmup` fraction of the steps, then linear decay to 0."""
     warm = max(1, round(warmup * total_steps))
     return lambda t: (t + 1) / warm if t < warm else max(0.0, (total_steps - t) / max(1, total_steps - warm))
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.SGD:
+    """Nesterov SGD with the recipe's peak learning rate, momentum and weight decay."""
+    return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"])
 
 
 def fit(
@@ -100,23 +110,19 @@ def fit(
     n_images = epoch_images(y, positions, cfg["epoch_size"])
     steps_per_epoch = math.ceil(n_images / cfg["batch_size"])
     total = steps_per_epoch * cfg["epochs"] if cfg["max_steps"] is None else min(cfg["max_steps"], steps_per_epoch * cfg["epochs"])
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"]
-    )
+    optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
     stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist()}
     epochs = tqdm(range(cfg["epochs"]), desc="epochs", disable=not progress, leave=False)
     for epoch in epochs:
         if method_cfg.get("redraw") and epoch:
             positions = method.resample(y, gen)
-        order = epoch_order(positions, n_images, gen)
         loss_sum = torch.zeros((), device=device)
         adv_images = 0
         model.train()
-        for start in range(0, n_images, cfg["batch_size"]):
+        for idx in epoch_batches(positions, n_images, cfg["batch_size"], gen):
             if stats["train_steps"] == total:
                 break
-            idx = order[start : start + cfg["batch_size"]]
             xb, yb = augment(to_input(x[idx]), augment_cfg["flip"], augment_cfg["crop_pad"], gen), y[idx]
             if method.perturb is not None:
                 clean = xb

@@ -1,0 +1,107 @@
+"""The fast training path is the plain one, only faster: same images per epoch, same AOS draws for a seed."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import DATA, ROOT, make_config, needs
+
+from aos_bench import train
+from aos_bench.data import load_data
+from aos_bench.imbalance import make_subset
+from aos_bench.methods import Method, adversarial_minority, get_method, random_oversample
+from aos_bench.models import build_model
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench  # noqa: E402  (scripts/ is not a package)
+
+
+def image_keys(images: torch.Tensor) -> list[bytes]:
+    """Sorted raw bytes of uint8 images: equal lists = equal multisets of images."""
+    return sorted(image.numpy().tobytes() for image in images)
+
+
+def run_fit(cfg, x: torch.Tensor, y: torch.Tensor, minority: list[int], method: Method, seed: int) -> dict:
+    """fit() a fresh model of the config on (x, y)."""
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, x.shape[1], int(y.max()) + 1, cfg.dataset.mean, cfg.dataset.std)
+    model = model.to(x.device, memory_format=torch.channels_last)
+    return train.fit(model, x, y, method, cfg.train, cfg.method, cfg.dataset.augment, minority, seed)
+
+
+@needs("MNIST")
+@pytest.mark.parametrize("method", ["base", "ros"])
+def test_an_epoch_visits_the_same_images_as_the_reference_dataloader(method, monkeypatch):
+    cfg = make_config(
+        f"data_dir={DATA}", f"method={method}", "imbalance.n_max=40", "train.epoch_size=method", "train.epochs=1",
+        "train.batch_size=32", "train.device=cpu",
+    )
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+    x, y = data.train_x[subset.indices], data.train_y[subset.indices]
+    visited, epoch_batches = [], train.epoch_batches
+
+    def recording(*args) -> tuple[torch.Tensor, ...]:
+        visited.extend(batches := epoch_batches(*args))
+        return batches
+
+    monkeypatch.setattr(train, "epoch_batches", recording)
+    run_fit(cfg, x, y, subset.minority_classes, get_method(method), cfg.seed)
+    suite = torch.cat(visited)
+
+    positions = get_method(method).resample(y, torch.Generator().manual_seed(cfg.seed))
+    loader = bench.reference_loader(bench.reference_dataset(cfg, augment=False), subset.indices[positions], cfg, workers=0)
+    reference = torch.cat([batch for batch, _ in loader]) * cfg.dataset.std[0] + cfg.dataset.mean[0]  # back to [0, 1]
+    assert len(suite) == len(reference) == len(positions)
+    assert image_keys(x[suite]) == image_keys((reference * 255).round().to(torch.uint8))
+
+
+def recording_aos(steps: list[dict]) -> Method:
+    """AOS whose attack also records, per step, the images it picks, what it made of them and the minority count."""
+
+    def perturb(model, x, y, is_minority, cfg, gen):
+        x_new, attacked = adversarial_minority(model, x, y, is_minority, cfg, gen)
+        steps.append({"clean": x[attacked].cpu(), "attacked": x_new[attacked].cpu(), "minority": int(is_minority[y].sum())})
+        return x_new, attacked
+
+    return Method(random_oversample, perturb)
+
+
+def synthetic_aos(seed: int, device: str = "cpu") -> list[dict]:
+    """What AOS did in each of 10 steps on the synthetic set (see recording_aos)."""
+    cfg = make_config("dataset=synthetic", "method=aos", "train.max_steps=10", "train.batch_size=64", f"train.device={device}")
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+    steps: list[dict] = []
+    x, y = data.train_x[subset.indices].to(device), data.train_y[subset.indices].to(device)
+    run_fit(cfg, x, y, subset.minority_classes, recording_aos(steps), seed)
+    return steps
+
+
+def test_aos_picks_the_same_images_for_a_seed():
+    first, second, other = ([s["clean"] for s in synthetic_aos(seed)] for seed in (0, 0, 1))
+    assert len(first) == len(second) == 10 and sum(len(p) for p in first) > 0
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_aos_attacks_a_fraction_p_of_minority_images_and_stays_in_range():
+    steps, p = synthetic_aos(0, "cuda"), make_config("method=aos").method.p
+    attacked, minority = sum(len(s["clean"]) for s in steps), sum(s["minority"] for s in steps)
+    assert abs(attacked - p * minority) < 5 * (minority * p * (1 - p)) ** 0.5  # binomial(minority images, p)
+    perturbed = torch.cat([s["attacked"] for s in steps])
+    assert perturbed.min() >= 0 and perturbed.max() <= 1
+    assert not torch.equal(perturbed, torch.cat([s["clean"] for s in steps]))
+
+
+@pytest.mark.slow
+@needs("MNIST")
+def test_quick_benchmark_prints_its_ratios_as_json():
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--json", "--device=cpu", f"--data-dir={DATA}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    figures = __import__("json").loads(result.stdout)
+    for key in ("suite_over_reference", "suite_over_limit", "aos_over_ros", "attacked_fraction"):
+        assert figures[key]["mnist"] is not None, key
+    assert 0 < figures["attacked_fraction"]["mnist"] < 1
