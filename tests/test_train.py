@@ -69,8 +69,8 @@ def recording_aos(steps: list[dict]) -> Method:
 
 
 def synthetic_aos(seed: int, device: str = "cpu") -> list[dict]:
-    """What AOS did in each of 10 steps on the synthetic set (see recording_aos)."""
-    cfg = make_config("dataset=synthetic", "method=aos", "train.max_steps=10", "train.batch_size=64", f"train.device={device}")
+    """What AOS did in each of 6 steps on the synthetic set (see recording_aos)."""
+    cfg = make_config("dataset=synthetic", "method=aos", "train.max_steps=6", "train.batch_size=64", f"train.device={device}")
     data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
     subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
     steps: list[dict] = []
@@ -81,7 +81,7 @@ def synthetic_aos(seed: int, device: str = "cpu") -> list[dict]:
 
 def test_aos_picks_the_same_images_for_a_seed():
     first, second, other = ([s["clean"] for s in synthetic_aos(seed)] for seed in (0, 0, 1))
-    assert len(first) == len(second) == 10 and sum(len(p) for p in first) > 0
+    assert len(first) == len(second) == 6 and sum(len(p) for p in first) > 0
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
 
