@@ -17,6 +17,7 @@ from aos_bench.tracking import job_run
 from aos_bench.train import fit, pick_device, predict
 
 EPOCH_SIZES = ("balanced", "method")
+PRECISIONS = ("auto", "fp32", "bf16")
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +27,8 @@ def validate(cfg: DictConfig) -> None:
     pick_device(cfg.train.device)
     if cfg.train.epoch_size not in EPOCH_SIZES:
         raise UsageError(f"train.epoch_size={cfg.train.epoch_size!r} is not one of: {', '.join(EPOCH_SIZES)}")
+    if cfg.train.precision not in PRECISIONS:
+        raise UsageError(f"train.precision={cfg.train.precision!r} is not one of: {', '.join(PRECISIONS)}")
     if cfg.train.progress not in ("auto", True, False):
         raise UsageError(f"train.progress={cfg.train.progress!r} is not one of: auto, true, false")
     for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -70,7 +73,7 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
             "class_counts.json",
         )
         y_true = data.test_y.numpy()
-        y_pred = predict(model, data.test_x.to(device), cfg.train.eval_batch_size).cpu().numpy()
+        y_pred = predict(model, data.test_x.to(device), cfg.train.eval_batch_size, cfg.train.precision).cpu().numpy()
         metrics = scores(y_true, y_pred, len(data.classes), subset.minority_classes)
         mlflow.log_metrics({**metrics, "train_steps": stats["train_steps"]})
         mlflow.log_text(per_class(y_true, y_pred, data.classes).to_csv(index=False), "per_class.csv")

@@ -5,7 +5,6 @@ image is already on the device, so a batch costs one gather, one conversion to f
 """
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -31,15 +30,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@functools.cache
-def native_bf16(device_type: str) -> bool:
-    """Whether the device multiplies bf16 natively: CUDA, or a CPU with AVX512-BF16 (and AMX) instructions."""
-    return device_type == "cuda" or (device_type == "cpu" and torch.cpu._is_avx512_bf16_supported())
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the device computes bf16 natively (about 2x faster convolutions), else plain fp32."""
-    if native_bf16(device.type):
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (auto) or when asked (bf16: about 2x faster convolutions on CPUs with AMX), else fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -136,13 +129,13 @@ def fit(
             xb, yb = to_input(augment(x[idx], augment_cfg["flip"], augment_cfg["crop_pad"], gen)), y[idx]  # augmented as bytes
             if method.perturb is not None:
                 clean = xb
-                with autocast(device):
+                with autocast(device, cfg["precision"]):
                     xb, attacked = method.perturb(model, xb, yb, is_minority, method_cfg, gen)
                 adv_images += len(attacked)
                 if stats["examples"] is None and len(attacked):
                     keep = attacked[:EXAMPLES]
                     stats["examples"] = (clean[keep].float().cpu(), xb[keep].float().cpu(), yb[keep].cpu())
-            with autocast(device):
+            with autocast(device, cfg["precision"]):
                 loss = F.cross_entropy(forward(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,8 +155,8 @@ def fit(
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, precision: str = "auto") -> torch.Tensor:
     """Predicted labels of uint8 images `x` (on the model's device)."""
     model.eval()
-    with autocast(x.device):
+    with autocast(x.device, precision):
         return torch.cat([model(to_input(x[i : i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])
