@@ -1,0 +1,387 @@
+"""One sweep's MLflow runs -> the paper's table: F1 mean and spread over seeds, paired tests, the paper's values, a plot.
+
+    python -m aos_bench.report [--tracking-uri URI] [--experiment NAME] [--sweep RUN_ID|latest] [--out results/]
+
+writes <out>/<preset>.md, .csv and .png for the sweep (an MLflow parent run made by aos_bench.sweep).
+"""
+
+import argparse
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from aos_bench.tracking import tracking_uri  # noqa: E402
+
+METRIC = "test_f1_macro"  # the tables' F1, in percent (the paper does not name its average; macro weighs every class alike)
+METHODS = ("base", "ros", "aos")  # the paper's column order
+ROW = ["dataset", "mu", "rho"]  # one table row; method and seed vary within it
+NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "intel": "Intel", "base": "BASE", "ros": "ROS", "aos": "AOS"}
+EXACT_UP_TO = 16  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
+
+# The paper's PUBLISHED values (Wojciechowski and Lango, Tables 1 and 2; F1 in percent, test sets, step imbalance),
+# to compare our measurements against; never reported as ours. One row: (dataset, mu, rho, BASE, ROS, AOS).
+PAPER = {
+    "table1": {
+        "name": "Table 1",
+        "eps": 0.007,
+        "rows": [
+            ("intel", 0.4, 20, 72.68, 71.66, 73.69),
+            ("cifar10", 0.4, 60, 46.34, 60.18, 60.77),
+            ("intel", 0.6, 20, 61.32, 62.48, 66.33),
+            ("cifar10", 0.6, 60, 35.77, 52.67, 54.10),
+            ("intel", 0.8, 20, 61.12, 64.56, 65.16),
+            ("cifar10", 0.8, 60, 31.90, 49.84, 51.18),
+        ],
+    },
+    "table2": {
+        "name": "Table 2",
+        "eps": 0.1,
+        "rows": [
+            ("mnist", 0.3, 500, 83.39, 86.60, 92.92),
+            ("cifar10", 0.3, 500, 44.66, 43.83, 45.41),
+            ("mnist", 0.9, 500, 76.38, 79.69, 83.51),
+            ("cifar10", 0.9, 500, 2.35, 7.59, 16.26),
+        ],
+    },
+}
+
+
+def find_sweep(experiment_id: str, sweep: str) -> mlflow.entities.Run:
+    """The sweep's parent run: `sweep` is its run id, or `latest` = the one that ended last (or started last, if running)."""
+    if sweep != "latest":
+        try:
+            return mlflow.get_run(sweep)
+        except mlflow.exceptions.MlflowException:
+            raise LookupError(f"no run {sweep!r} in this store: pass a sweep's parent run id, or latest") from None
+    parents = mlflow.search_runs([experiment_id], "tags.sweep_key LIKE '%'")
+    if parents.empty:
+        raise LookupError("no sweep in this experiment yet: run one, e.g. python -m aos_bench -m experiment=smoke")
+    last = parents["end_time"].fillna(parents["start_time"]).idxmax()
+    return mlflow.get_run(parents.loc[last, "run_id"])
+
+
+def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
+    """The sweep's FINISHED child runs, the latest per config, as typed columns (MLflow returns params as strings)."""
+    runs = mlflow.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{sweep_id}' and attributes.status = 'FINISHED'"
+    )
+    if runs.empty:
+        raise LookupError(f"sweep {sweep_id} has no FINISHED runs")
+    # a config run twice in one sweep (two launches racing on a resume) counts once: its latest run
+    hashes = runs.sort_values("end_time").reindex(columns=["tags.config_hash"])["tags.config_hash"]
+    runs = runs.loc[hashes[~(hashes.notna() & hashes.duplicated(keep="last"))].index]
+    params = runs.reindex(columns=["params.imbalance.mu", "params.imbalance.rho", "params.method.eps"])
+    table = pd.DataFrame(
+        {
+            "dataset": runs["params.dataset.name"],
+            "mu": pd.to_numeric(params["params.imbalance.mu"]),
+            "rho": pd.to_numeric(params["params.imbalance.rho"]),
+            "eps": pd.to_numeric(params["params.method.eps"]),
+            "method": runs["params.method.name"],
+            "seed": runs["params.seed"].astype(int),
+            "f1": runs[f"metrics.{METRIC}"],
+            "steps": runs["metrics.train_steps"],
+            "artifact_uri": runs["artifact_uri"],
+        }
+    )
+    repeated = table.duplicated(ROW + ["method", "seed"])
+    if repeated.any():
+        raise ValueError(
+            f"sweep {sweep_id} has several runs for one dataset, mu, rho, method and seed "
+            f"(e.g. {table[repeated].iloc[0][ROW + ['method', 'seed']].to_dict()}): it varies another setting, "
+            "which a paper table has no column for; sweep that setting in separate sweeps"
+        )
+    return table
+
+
+def paper_values() -> pd.DataFrame:
+    """The paper's published F1, both tables, as lines of dataset, mu, rho, method, paper, paper_eps, paper_table."""
+    lines = [
+        (dataset, mu, rho, method, value, spec["eps"], table)
+        for table, spec in PAPER.items()
+        for dataset, mu, rho, *values in spec["rows"]
+        for method, value in zip(METHODS, values)
+    ]
+    return pd.DataFrame(lines, columns=[*ROW, "method", "paper", "paper_eps", "paper_table"])
+
+
+def cells(runs: pd.DataFrame, preset: str) -> pd.DataFrame:
+    """One line per row and method: F1 mean, std and seeds, steps per run, the paper's value and ours minus it, a note.
+
+    A row run at a setting of the paper (dataset, mu, rho and AOS's eps) gets its published value whatever the
+    preset; the preset's own table also lists its rows that were not run.
+    """
+    groups = runs.groupby(ROW + ["method"], dropna=False)
+    ours = groups["f1"].agg(mean="mean", std="std", seeds="count").reset_index()
+    ours["steps"] = groups["steps"].agg(lambda s: "/".join(str(int(v)) for v in sorted(s.unique()))).to_numpy()
+    # a row's eps is the one AOS ran with (BASE and ROS ignore it)
+    eps = runs[runs["method"] == "aos"].groupby(ROW, dropna=False)["eps"].first().rename("eps").reset_index()
+    table = ours.merge(eps, on=ROW, how="left").merge(paper_values(), on=[*ROW, "method"], how="outer")
+    table = table[table["mean"].notna() | (table["paper_table"] == preset)].reset_index(drop=True)
+    other_eps = table["eps"].notna() & table["paper_eps"].notna() & ~np.isclose(table["eps"], table["paper_eps"])
+    table.loc[other_eps, "paper"] = np.nan  # a different eps is not the paper's setting
+    table["eps"] = table["eps"].fillna(table["paper_eps"])
+    table["diff"] = table["mean"] - table["paper"]
+    table["note"] = notes(table, other_eps)
+    table.loc[table["paper"].isna(), "paper_table"] = np.nan
+    return in_paper_order(table.drop(columns="paper_eps"), preset)
+
+
+def notes(table: pd.DataFrame, other_eps: pd.Series) -> pd.Series:
+    """Why a line needs a second look: not run, fewer seeds than the table's most, steps unequal within its row, other eps."""
+    most = table["seeds"].max()
+    unequal = table.groupby(ROW, dropna=False)["steps"].transform(lambda s: s.dropna().nunique() > 1)
+    text = [
+        "; ".join(
+            note
+            for note, flagged in (
+                ("not run", pd.isna(seeds)),
+                (f"{seeds:.0f} of {most:.0f} seeds", pd.notna(seeds) and seeds < most),
+                ("steps differ between the row's methods", bad_steps),
+                ("eps differs from the paper's: no paper value", bad_eps),
+            )
+            if flagged
+        )
+        for seeds, bad_steps, bad_eps in zip(table["seeds"], unequal, other_eps)
+    ]
+    return pd.Series(text, index=table.index)
+
+
+def in_paper_order(table: pd.DataFrame, preset: str) -> pd.DataFrame:
+    """`table` sorted as the paper lists rows (by mu, then its dataset order), methods as BASE, ROS, AOS."""
+    datasets = [row[0] for row in PAPER[preset]["rows"]] if preset in PAPER else sorted(table["dataset"].unique())
+    dataset_rank = {name: rank for rank, name in enumerate(dict.fromkeys(datasets))}
+    method_rank = {name: rank for rank, name in enumerate(METHODS)}
+    order = np.lexsort((table["method"].map(method_rank), table["rho"], table["dataset"].map(dataset_rank), table["mu"]))
+    return table.iloc[order].reset_index(drop=True)
+
+
+def sign_flip_p(diffs: np.ndarray) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test that the mean difference is zero."""
+    if len(diffs) < 2:
+        return np.nan
+    resamples = np.inf if len(diffs) <= EXACT_UP_TO else 2**EXACT_UP_TO
+    return float(stats.permutation_test((diffs,), np.mean, permutation_type="samples", n_resamples=resamples, rng=0).pvalue)
+
+
+def ordering(means: Mapping[str, float]) -> str:
+    """The methods from best to worst F1, e.g. 'AOS > ROS > BASE'; empty unless all three have a value."""
+    if not all(pd.notna(means.get(method)) for method in METHODS):
+        return ""
+    return " > ".join(NAMES[m] for m in sorted(METHODS, key=lambda m: -means[m]))
+
+
+def comparisons(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Per row: AOS minus ROS and minus BASE over the seeds both ran (mean, p-value, pairs), and whose ordering holds."""
+    lines = []
+    for key, row in table.groupby(ROW, sort=False, dropna=False):
+        line = dict(zip(ROW, key))
+        by_seed = runs.merge(pd.DataFrame([line]), on=ROW).pivot(index="seed", columns="method", values="f1")
+        for other in ("ros", "base"):
+            both = by_seed.reindex(columns=["aos", other]).dropna()
+            diffs = (both["aos"] - both[other]).to_numpy()
+            line[f"aos_minus_{other}"] = diffs.mean() if len(diffs) else np.nan
+            line[f"p_aos_vs_{other}"] = sign_flip_p(diffs)
+            line[f"pairs_aos_{other}"] = len(diffs)
+        line["order"] = ordering(dict(zip(row["method"], row["mean"])))
+        line["paper_order"] = ordering(dict(zip(row["method"], row["paper"])))
+        line["paper_order_holds"] = line["order"] == line["paper_order"] if line["order"] and line["paper_order"] else None
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def fmt(spec: str, values: pd.Series) -> list[str]:
+    """Each value formatted with `spec` (e.g. '.2f'), a missing one as an empty cell."""
+    return ["" if pd.isna(value) else format(value, spec) for value in values]
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """`frame` as a GitHub markdown table (cells already formatted as text)."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def row_label(dataset: str, mu: float, rho: float) -> str:
+    """'MNIST mu=0.3 rho=500'."""
+    return f"{NAMES.get(dataset, dataset)} mu={mu:g} rho={rho:g}"
+
+
+def paired_cells(diffs: pd.Series, pairs: pd.Series) -> list[str]:
+    """'+1.23 (n=5)': mean differences over n pairs; empty without pairs."""
+    return [f"{value:+.2f} (n={n})" if n else "" for value, n in zip(diffs, pairs)]
+
+
+def markdown(name: str, parent: mlflow.entities.Run, table: pd.DataFrame, pairs: pd.DataFrame, n_runs: int) -> str:
+    """The report page: where the numbers come from, the per-method table and the paired comparisons."""
+    tags = parent.data.tags
+    f1 = pd.DataFrame(
+        {
+            "dataset": table["dataset"].map(lambda d: NAMES.get(d, d)),
+            "mu": fmt("g", table["mu"]),
+            "rho": fmt("g", table["rho"]),
+            "eps": fmt("g", table["eps"]),
+            "method": table["method"].map(NAMES),
+            "F1 mean": fmt(".2f", table["mean"]),
+            "F1 std": fmt(".2f", table["std"]),
+            "seeds": fmt(".0f", table["seeds"]),
+            "paper": fmt(".2f", table["paper"]),
+            "ours − paper": fmt("+.2f", table["diff"]),
+            "steps/run": table["steps"].fillna(""),
+            "note": table["note"],
+        }
+    )
+    paired = pd.DataFrame(
+        {
+            "dataset": pairs["dataset"].map(lambda d: NAMES.get(d, d)),
+            "mu": fmt("g", pairs["mu"]),
+            "rho": fmt("g", pairs["rho"]),
+            "AOS − ROS": paired_cells(pairs["aos_minus_ros"], pairs["pairs_aos_ros"]),
+            "p (vs ROS)": fmt(".3f", pairs["p_aos_vs_ros"]),
+            "AOS − BASE": paired_cells(pairs["aos_minus_base"], pairs["pairs_aos_base"]),
+            "p (vs BASE)": fmt(".3f", pairs["p_aos_vs_base"]),
+            "ours: best to worst": pairs["order"],
+            "paper: best to worst": pairs["paper_order"],
+            "paper's order holds": pairs["paper_order_holds"].map({True: "yes", False: "no"}).fillna(""),
+        }
+    )
+    tables = " and ".join(PAPER[t]["name"] for t in sorted(set(table["paper_table"].dropna())))
+    source = (
+        f"`paper` = the published values of the paper's {tables} (Wojciechowski and Lango) for the same dataset, mu, "
+        "rho and eps, shown for comparison; they are not our measurements."
+        if tables
+        else "no paper values: no row of this sweep was run at a setting of the paper's tables."
+    )
+    return f"""# {name}: test macro-F1 (%) per method, mean and standard deviation over seeds
+
+Generated by `python -m aos_bench.report` from the MLflow sweep `{parent.info.run_id}`:
+- preset `{tags.get("preset")}`, sweep status {parent.info.status}, {n_runs} FINISHED runs read back;
+- last launched as `python -m aos_bench -m {tags.get("sweep_command")}` into `{tags.get("sweep_dir")}`;
+- {source}
+- step imbalance: mu = fraction of minority classes, rho = largest / smallest class size, eps = AOS's FGSM step;
+  `steps/run` = optimizer steps of each run (equal for the methods of a row, else flagged in `note`).
+
+{markdown_table(f1)}
+
+## AOS against ROS and BASE, paired by seed
+
+Mean difference of F1 (percentage points) over the seeds both methods ran (each seed = the same imbalanced subset
+for every method), and the two-sided p-value of an exact sign-flip permutation test of a zero mean difference.
+With n seeds no p-value can fall below 2 / 2^n (0.0625 for 5 seeds): add seeds for a stronger test.
+
+{markdown_table(paired)}
+"""
+
+
+def per_class_row(table: pd.DataFrame, row: str | None) -> tuple:
+    """The (dataset, mu, rho) whose per-class F1 is plotted: `row` ('mnist,0.9'), else the measured row of largest mu."""
+    measured = table[table["mean"].notna()]
+    if row:
+        dataset, mu = row.split(",")
+        measured = measured[(measured["dataset"] == dataset) & np.isclose(measured["mu"], float(mu))]
+        if measured.empty:
+            raise LookupError(f"--row {row}: the sweep has no runs for dataset {dataset} with mu {mu}")
+    chosen = measured[measured["mu"] == measured["mu"].max()].iloc[0]
+    return tuple(chosen[ROW])
+
+
+def per_class(runs: pd.DataFrame, row: tuple) -> tuple[pd.DataFrame, list[str], int]:
+    """Per-class F1 of each method in one row at its first seed run by every method, and that seed's minority classes.
+
+    One seed, not a mean over seeds: with `imbalance.minority=random` each seed picks other minority classes,
+    so a per-class mean would blur exactly what the plot is for.
+    """
+    cell = runs.merge(pd.DataFrame([dict(zip(ROW, row))]), on=ROW)
+    methods = [m for m in METHODS if m in set(cell["method"])]
+    seed = min(set.intersection(*(set(cell.loc[cell["method"] == m, "seed"]) for m in methods)))
+    frames = []
+    for method in methods:
+        uri = cell[(cell["method"] == method) & (cell["seed"] == seed)]["artifact_uri"].iloc[0]
+        frame = pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"{uri}/per_class.csv")))
+        frames.append(frame.assign(method=method))
+    counts = mlflow.artifacts.load_dict(f"{uri}/class_counts.json")
+    return pd.concat(frames), [counts["classes"][c] for c in counts["minority_classes"]], seed
+
+
+def figure(table: pd.DataFrame, classes: pd.DataFrame, minority: Sequence[str], titles: tuple[str, str]) -> plt.Figure:
+    """Left: F1 per row and method, error bars = std over seeds, the paper's values as black ticks. Right: per-class F1."""
+    rows = list(dict.fromkeys(map(tuple, table.loc[table["mean"].notna(), ROW].to_numpy())))
+    names = list(dict.fromkeys(classes["class"]))
+    widths = [2 + 1.5 * len(rows), max(3, 0.4 * len(names))]  # inches
+    fig, (left, right) = plt.subplots(1, 2, figsize=(sum(widths) + 1, 4.8), width_ratios=widths)
+    width = 0.8 / len(METHODS)
+    by_cell = table.set_index([*ROW, "method"])
+    for i, method in enumerate(METHODS):
+        cell = by_cell.reindex([(*row, method) for row in rows])
+        x = np.arange(len(rows)) + (i - 1) * width
+        left.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=3, label=NAMES[method])
+        if table["paper"].notna().any():
+            left.plot(x, cell["paper"], "k_", markersize=12, mew=2, label="paper" if i == 0 else None)
+        per_class_f1 = classes[classes["method"] == method].set_index("class").reindex(names)["f1"]
+        right.bar(np.arange(len(names)) + (i - 1) * width, per_class_f1, width, label=NAMES[method])
+    left.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
+    left.set_title(titles[0], fontsize=10)
+    left.set_xticklabels([row_label(*row) for row in rows], rotation=20, ha="right")
+    left.legend(fontsize=8)
+    right.set(xticks=range(len(names)), ylabel="test F1 (%)")
+    right.set_title(titles[1], fontsize=10)
+    right.legend(fontsize=8)
+    right.set_xticklabels([f"{n}*" if n in minority else n for n in names], rotation=90)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(uri: str, experiment: str, sweep: str, out: Path, row: str | None = None) -> list[Path]:
+    """Write <out>/<preset>.md, .csv and .png for one sweep; returns the three paths."""
+    mlflow.set_tracking_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a few small files: no progress bars
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no experiment {experiment!r} at {uri}")
+    parent = find_sweep(found.experiment_id, sweep)
+    preset = parent.data.tags.get("preset", "none")
+    name = preset if preset != "none" else "sweep"
+    runs = sweep_runs(found.experiment_id, parent.info.run_id)
+    table = cells(runs, preset)
+    pairs = comparisons(runs, table)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png"]
+    paths[0].write_text(markdown(name, parent, table, pairs, len(runs)))
+    table.merge(pairs, on=ROW).to_csv(paths[1], index=False, float_format="%.6g")
+    chosen = per_class_row(table, row)
+    classes, minority, seed = per_class(runs, chosen)
+    titles = (f"{name}: mean ± std over seeds", f"per class (* = minority)\n{row_label(*chosen)}, seed {seed}")
+    fig = figure(table, classes, minority, titles)
+    fig.savefig(paths[2], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: write one sweep's report."""
+    parser = argparse.ArgumentParser(prog="python -m aos_bench.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--tracking-uri", default=tracking_uri({}), help="MLflow store (default: %(default)s)")
+    parser.add_argument("--experiment", default="aos_bench", help="MLflow experiment (default: %(default)s)")
+    parser.add_argument("--sweep", default="latest", help="the sweep's parent run id, or latest (default)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the files (default: %(default)s)")
+    parser.add_argument("--row", help="DATASET,MU of the per-class plot, e.g. mnist,0.9 (default: the largest mu)")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_report(args.tracking_uri, args.experiment, args.sweep, args.out, args.row)
+    except (LookupError, ValueError) as error:
+        raise SystemExit(f"aos_bench.report: {error}") from None
+    print("\n".join(map(str, paths)))
+
+
+if __name__ == "__main__":
+    main()
