@@ -13,7 +13,7 @@ from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
-from aos_bench.tracking import job_run
+from aos_bench.tracking import finished_metrics, job_run
 from aos_bench.train import fit, pick_device, predict
 
 EPOCH_SIZES = ("balanced", "method")
@@ -39,6 +39,9 @@ def validate(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     """Train and evaluate one configuration, logged as one MLflow run; returns the test metrics (percent)."""
     validate(cfg)
+    if (done := finished_metrics(cfg)) is not None:
+        log.info("skipped: this sweep already has a FINISHED run of this config (force=true reruns every job)")
+        return done
     progress = interactive if cfg.train.progress == "auto" else cfg.train.progress
     device = pick_device(cfg.train.device)
     method = get_method(cfg.method.name)

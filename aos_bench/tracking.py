@@ -1,6 +1,8 @@
 """MLflow: the store, one run per job, its params, tags, metrics and artifacts."""
 
 import contextlib
+import hashlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -10,6 +12,9 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` tag (MLflow caps tag values)
+SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_bench.sweep to every job process
+# Keys that say where runs go or how they print, not what they compute: left out of config_hash and of the sweep key.
+NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
 
 
 def tracking_uri(cfg: Mapping) -> str:
@@ -44,11 +49,47 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return {key: str(value) for key, value in flat.items()}
 
 
+def hashed(key: str) -> bool:
+    """Whether a dotted config key counts in config_hash (it is not one of NOT_HASHED or below one)."""
+    return not any(key == name or key.startswith(f"{name}.") for name in NOT_HASHED)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """16 hex digits naming the resolved config without NOT_HASHED keys: equal hashes = the same computation."""
+    params = {key: value for key, value in flat_params(cfg).items() if hashed(key)}
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_tags(cfg: DictConfig, tags: Mapping[str, str]) -> dict[str, str]:
+    """`tags` plus config_hash, the preset, and in a multirun the parent run (MLflow nests the run under it)."""
+    extra = {"config_hash": config_hash(cfg)}
+    if cfg.get("preset"):
+        extra["preset"] = str(cfg.preset)
+    if os.environ.get(SWEEP_ENV):
+        extra |= {"mlflow.parentRunId": os.environ[SWEEP_ENV], "sweep": os.environ[SWEEP_ENV]}
+    return {**tags, **extra}
+
+
+def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
+    """In a multirun, the metrics of a FINISHED run of this sweep with this config_hash (the job is done), else None."""
+    if not os.environ.get(SWEEP_ENV):
+        return None
+    experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
+    sweep, config = os.environ[SWEEP_ENV], config_hash(cfg)
+    done = mlflow.search_runs(
+        [experiment_id],
+        f"tags.sweep = '{sweep}' and tags.config_hash = '{config}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        output_format="list",
+    )
+    return dict(done[0].data.metrics) if done else None
+
+
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """One MLflow run for one job; ends FINISHED, or FAILED with the error message as the `error` tag."""
+    """One MLflow run for one job, in a multirun nested under its sweep's; ends FINISHED, or FAILED with the `error` tag."""
     experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, tags=dict(tags)) as run:
+    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(cfg, tags)) as run:
         try:
             mlflow.log_params(flat_params(cfg))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
