@@ -1,0 +1,98 @@
+"""One MLflow parent run per multirun: opened (or resumed) before the first job starts, closed and reported after the last.
+
+The launching process creates the store, the experiment and the parent run, and exports the parent's id
+(tracking.SWEEP_ENV) and the store's URI to the jobs through the environment, which Hydra's launchers pass on:
+the in-process basic launcher, joblib's loky workers and submitit's local and SLURM jobs (sbatch's default --export=ALL).
+Each job's run carries the parent id as `mlflow.parentRunId`, so the MLflow UI shows one sweep as one expandable row.
+
+Resume: the same command again (same preset, grid and overrides, ignoring tracking.NOT_HASHED keys) reopens the
+same parent run, and every job that already has a FINISHED run there with the same config hash returns its metrics
+without training (job.run). force=true starts a new parent run instead, so every job runs again. Trade-off: a
+different command, even one whose grid overlaps, is a different sweep and reruns its jobs; one sweep stays one
+self-contained row, and the report never mixes runs of two sweeps.
+"""
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from aos_bench.tracking import SWEEP_ENV, ensure_experiment, hashed, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def sweep_key(config: DictConfig) -> str:
+    """16 hex digits naming a sweep command: its overrides and the preset's grid, without tracking.NOT_HASHED keys."""
+    overrides = sorted(o for o in config.hydra.overrides.task if hashed(o.split("=", 1)[0].lstrip("+~")))
+    grid = OmegaConf.to_container(config.hydra.sweeper).get("params")  # a preset's hydra.sweeper.params
+    text = json.dumps({"overrides": overrides, "grid": grid}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: str) -> str:
+    """The id of this command's last parent run, set RUNNING again (resume); a new one if none, or with force=true."""
+    key = sweep_key(config)
+    tags = {
+        "preset": str(config.preset or "none"),
+        "sweep_key": key,
+        "sweep_dir": str(Path(config.hydra.sweep.dir).resolve()),  # of the latest launch
+        "sweep_command": " ".join(config.hydra.overrides.task),
+    }
+    last = [] if config.force else client.search_runs(
+        [experiment_id], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not last:
+        return client.create_run(experiment_id, tags=tags, run_name=f"{tags['preset']} sweep").info.run_id
+    run_id = last[0].info.run_id
+    client.update_run(run_id, status="RUNNING")
+    for name, value in tags.items():
+        client.set_tag(run_id, name, value)
+    log.info("resuming sweep %s: its jobs with a FINISHED run are skipped (force=true reruns them all)", run_id)
+    return run_id
+
+
+def fail_if_running(uri: str, run_id: str) -> None:
+    """At exit: a parent run still RUNNING means the sweep stopped before its end (a job failed, Ctrl-C): mark it FAILED."""
+    client = mlflow.MlflowClient(uri)
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, "error", "the sweep stopped before its last job returned; the same command resumes it")
+        client.set_terminated(run_id, "FAILED")
+
+
+class SweepTracking(Callback):
+    """Hydra callback: the multirun's MLflow parent run, and its report when the last job has returned."""
+
+    def __init__(self, report: bool) -> None:
+        self.report = report
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create the store, the experiment and the parent run before any job starts, and export the parent's id."""
+        self.uri = tracking_uri(config.tracking)
+        client = mlflow.MlflowClient(self.uri)
+        self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))
+        os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job
+        # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
+        atexit.register(fail_if_running, self.uri, self.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""
+        client = mlflow.MlflowClient(self.uri)
+        client.set_terminated(self.run_id, "FINISHED")
+        if not self.report:
+            return
+        from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
+
+        # The sweep dir, not results/: a quick or partial sweep must not overwrite the committed tables;
+        # `python -m aos_bench.report` writes results/ on purpose. Hydra turns an error here into a warning.
+        paths = write_report(self.uri, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir))
+        for path in paths:
+            client.log_artifact(self.run_id, str(path), "report")
+        log.info("report: %s\n%s", paths[0], paths[0].read_text())
