@@ -1,0 +1,195 @@
+"""Sweeps: the presets, one MLflow parent run per sweep, resume, parallel launchers and the report."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from aos_bench import report, sweep
+from aos_bench.tracking import ensure_experiment
+
+# the smoke preset shrunk to one row, one optimizer step per job and no report at its end
+TINY = ["experiment=smoke", "imbalance.mu=0.3", "train.max_steps=1", "hydra.callbacks.sweep.report=false"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A bare environment for the subprocesses: one shared matplotlib font cache (not one built per test), and one
+    torch thread per process, as these tiny models gain nothing from more and parallel jobs would oversubscribe."""
+    home = tmp_path_factory.mktemp("home")
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file with MLflow's tables and no experiment: creating them takes seconds, so tests copy this one."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def copy_store(empty_store: Path, folder: Path) -> str:
+    """A copy of empty_store at folder/mlflow.db; returns its tracking URI."""
+    folder.mkdir(exist_ok=True)
+    shutil.copy(empty_store, folder / "mlflow.db")
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+def sweep_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`python -m aos_bench -m ARGS` started in tmp_path: store tmp_path/mlruns, sweep dir tmp_path/multirun."""
+    command = [sys.executable, "-m", "aos_bench", "-m", *args, f"hydra.sweep.dir={tmp_path}/multirun"]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def stored(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(parent runs, child runs) of the store under tmp_path."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    table = mlflow.search_runs(experiment_names=["aos_bench"])
+    is_parent = table["tags.sweep_key"].notna()
+    return table[is_parent], table[~is_parent]
+
+
+def test_smoke_preset_end_to_end(tmp_path, env, empty_store, monkeypatch):
+    copy_store(empty_store, tmp_path / "mlruns")
+    result = sweep_cli(tmp_path, env, "experiment=smoke")
+    assert result.returncode == 0, result.stderr
+    parents, children = stored(tmp_path)
+    assert len(parents) == 1, "one parent run per sweep"
+    parent = parents.iloc[0]
+    assert (parent["status"], parent["tags.preset"], parent["tags.sweep_dir"]) == ("FINISHED", "smoke", f"{tmp_path}/multirun")
+    assert len(children) == 2 * 3 * 2 and (children["status"] == "FINISHED").all()  # mu x method x seed
+    assert (children["tags.mlflow.parentRunId"] == parent["run_id"]).all()
+    assert sorted(set(children["params.seed"])) == ["0", "1"]
+    assert (children["params.data_seed"] == children["params.seed"]).all()
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "report")}
+    assert artifacts == {"report/smoke.md", "report/smoke.csv", "report/smoke.png"}  # the callback's, also in the sweep dir
+    assert (tmp_path / "multirun" / "smoke.md").exists()
+
+    monkeypatch.chdir(tmp_path)  # the command's defaults: ./mlruns, the latest sweep
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    report.main(["--out", "results"])
+    written = pd.read_csv(tmp_path / "results" / "smoke.csv")
+    measured = children.astype({"params.imbalance.mu": float}).groupby(["params.imbalance.mu", "params.method.name"])
+    expected = measured["metrics.test_f1_macro"].agg(["mean", "std", "count"])
+    got = written.set_index(["mu", "method"])[["mean", "std", "seeds"]]
+    np.testing.assert_allclose(got.loc[expected.index].to_numpy(), expected.to_numpy(), rtol=1e-5)  # the CSV keeps 6 digits
+    assert written["paper"].isna().all() and (written["steps"].astype(str) == "6").all()
+    text = (tmp_path / "results" / "smoke.md").read_text()
+    assert f"{expected.loc[(0.3, 'aos'), 'mean']:.2f}" in text and "no paper values" in text
+    assert (tmp_path / "results" / "smoke.png").stat().st_size > 10_000
+
+
+def log_child(parent: str, method: str, mu: float, seed: int, f1: float, steps: int = 100) -> str:
+    """A hand-built child run as a job logs it (params as MLflow stores them: strings), with per-class artifacts."""
+    with mlflow.start_run(tags={"mlflow.parentRunId": parent, "config_hash": f"{parent}-{method}-{mu}-{seed}"}) as run:
+        params = {"dataset.name": "mnist", "imbalance.mu": mu, "imbalance.rho": 500, "method.name": method, "seed": seed}
+        mlflow.log_params({**params, "method.eps": 0.1, "data_seed": seed})
+        mlflow.log_metrics({"test_f1_macro": f1, "train_steps": steps})
+        mlflow.log_text("class,precision,recall,f1,support\nzero,1,1,90,10\none,1,1,40,10\n", "per_class.csv")
+        mlflow.log_dict({"classes": ["zero", "one"], "minority_classes": [1]}, "class_counts.json")
+    return run.info.run_id
+
+
+def test_report_reads_one_sweep_back_and_compares_it_with_the_paper(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, "aos_bench"))
+    experiment_id = mlflow.get_experiment_by_name("aos_bench").experiment_id
+    client = mlflow.MlflowClient(uri)
+    other = client.create_run(experiment_id, tags={"sweep_key": "b", "preset": "table2"}).info.run_id
+    log_child(other, "aos", 0.3, 0, 10.0)  # another sweep's run of the same setting: must not leak in
+    client.set_terminated(other, "FINISHED")
+    ours = client.create_run(experiment_id, tags={"sweep_key": "a", "preset": "table2"}).info.run_id
+    values = {("base", 0.3): [80, 82, 84], ("ros", 0.3): [85, 86, 87], ("aos", 0.3): [90, 92, 91],
+              ("base", 0.9): [70, 71, 72], ("ros", 0.9): [75, 74, 76], ("aos", 0.9): [80, 81]}  # fmt: skip
+    for (method, mu), f1s in values.items():
+        for seed, f1 in enumerate(f1s):
+            log_child(ours, method, mu, seed, f1, steps=120 if (method, mu) == ("ros", 0.9) else 100)
+    client.set_terminated(log_child(ours, "aos", 0.9, 2, 0.0), "FAILED")  # a failed job: must not count
+    client.set_terminated(ours, "FINISHED")  # ended last: the `latest` sweep
+
+    paths = report.write_report(uri, "aos_bench", "latest", tmp_path / "results")
+    assert [p.name for p in paths] == ["table2.md", "table2.csv", "table2.png"]
+    table = pd.read_csv(paths[1]).set_index(["dataset", "mu", "method"])
+    assert table.loc[("mnist", 0.3, "base"), ["mean", "std", "seeds", "paper"]].tolist() == pytest.approx([82, 2, 3, 83.39])
+    assert table.loc[("mnist", 0.3, "base"), "diff"] == pytest.approx(82 - 83.39)
+    assert table.loc[("mnist", 0.9, "aos"), ["mean", "seeds"]].tolist() == [80.5, 2]
+    assert "2 of 3 seeds" in table.loc[("mnist", 0.9, "aos"), "note"]
+    assert "steps differ" in table.loc[("mnist", 0.9, "base"), "note"]
+    assert pd.isna(table.loc[("mnist", 0.3, "aos"), "note"])
+    assert table.loc[("cifar10", 0.9, "aos"), "note"] == "not run" and table.loc[("cifar10", 0.9, "aos"), "paper"] == 16.26
+    row = table.loc[("mnist", 0.3, "aos")]
+    # AOS - ROS = 5, 6, 4 over three seeds: all 2^3 sign flips enumerated, 2 of them as extreme
+    assert (row["aos_minus_ros"], row["p_aos_vs_ros"], row["pairs_aos_ros"]) == pytest.approx((5, 0.25, 3))
+    assert (row["order"], row["paper_order"], row["paper_order_holds"]) == ("AOS > ROS > BASE", "AOS > ROS > BASE", True)
+    assert table.loc[("mnist", 0.9, "aos"), "pairs_aos_base"] == 2
+    text = paths[0].read_text()
+    assert "| MNIST | 0.3 | 500 | 0.1 | BASE | 82.00 | 2.00 | 3 | 83.39 | -1.39 | 100 |  |" in text
+    assert "published values of the paper's Table 2" in text
+
+    only_other = pd.read_csv(report.write_report(uri, "aos_bench", other, tmp_path / "other")[1])
+    assert only_other.dropna(subset=["mean"])[["method", "mean"]].values.tolist() == [["aos", 10.0]]
+
+
+def sweep_config(*overrides: str) -> DictConfig:
+    """The config a multirun's launching process sees (with its hydra node) for these command-line overrides."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_same_command_reopens_its_parent_run_and_force_starts_a_new_one(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    experiment_id = ensure_experiment(uri, "aos_bench")
+    client = mlflow.MlflowClient(uri)
+    first = sweep.open_parent(sweep_config("experiment=smoke"), client, experiment_id)
+    sweep.fail_if_running(uri, first)  # the launching process exits before on_multirun_end
+    assert client.get_run(first).info.status == "FAILED" and "resumes" in client.get_run(first).data.tags["error"]
+    again = sweep.open_parent(sweep_config("experiment=smoke", f"tracking.uri={uri}"), client, experiment_id)
+    assert again == first and client.get_run(first).info.status == "RUNNING"  # where runs go is not the sweep
+    other = sweep.open_parent(sweep_config("experiment=smoke", "train.epochs=3"), client, experiment_id)
+    forced = sweep.open_parent(sweep_config("experiment=smoke", "force=true"), client, experiment_id)
+    assert len({first, other, forced}) == 3
+    assert client.get_run(forced).data.tags["preset"] == "smoke"
+
+
+def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_path, env, empty_store):
+    copy_store(empty_store, tmp_path / "mlruns")  # the launching process creates the experiment before 4 jobs start
+    args = [*TINY, "method=base", "seed=0,1,2,3"]  # one override sets the number of seeds
+    result = sweep_cli(tmp_path, env, *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4")
+    assert result.returncode == 0, result.stderr
+    assert "locked" not in result.stdout + result.stderr
+    parents, children = stored(tmp_path)
+    assert sorted(children["params.seed"]) == ["0", "1", "2", "3"] and (children["status"] == "FINISHED").all()
+    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    assert (children["params.data_seed"] == children["params.seed"]).all()
+    # interrupted: seed 1 was killed while running, seed 2 never started, the sweep ended FAILED
+    client = mlflow.MlflowClient()
+    run_of_seed = children.set_index("params.seed")["run_id"]
+    client.set_terminated(run_of_seed["1"], "KILLED")
+    client.delete_run(run_of_seed["2"])
+    client.set_terminated(parents["run_id"].iloc[0], "FAILED")
+
+    result = sweep_cli(tmp_path, env, *args)  # the same sweep, resumed with the default launcher
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("skipped: this sweep already has a FINISHED run") == 2
+    parents_after, children = stored(tmp_path)
+    assert parents_after[["run_id", "status"]].values.tolist() == [[parents["run_id"].iloc[0], "FINISHED"]]
+    finished = children[children["status"] == "FINISHED"]
+    assert sorted(finished["params.seed"]) == ["0", "1", "2", "3"]
+    assert {run_of_seed["0"], run_of_seed["3"]} <= set(finished["run_id"])
+    assert sorted(children["status"]) == ["FINISHED"] * 4 + ["KILLED"]
+
+
+def test_submitit_local_jobs_nest_under_the_parent(tmp_path, env, empty_store):
+    copy_store(empty_store, tmp_path / "mlruns")
+    result = sweep_cli(tmp_path, env, *TINY, "method=base", "seed=0", "hydra/launcher=submitit_local")
+    assert result.returncode == 0, result.stderr
+    parents, children = stored(tmp_path)
+    assert children[["status", "tags.mlflow.parentRunId"]].values.tolist() == [["FINISHED", parents["run_id"].iloc[0]]]
