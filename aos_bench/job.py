@@ -1,14 +1,15 @@
 """One job: data -> imbalance -> method -> training -> metrics -> MLflow."""
 
 import logging
+from collections.abc import Callable
 
 import mlflow
 import torch
 from omegaconf import DictConfig
 from sklearn.metrics import confusion_matrix
 
-from aos_bench.data import UsageError, load_data
-from aos_bench.imbalance import make_subset
+from aos_bench.data import ImageData, UsageError, load_data
+from aos_bench.imbalance import Subset, make_subset
 from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
@@ -36,17 +37,22 @@ def validate(cfg: DictConfig) -> None:
             raise UsageError(f"train.{key}={cfg.train[key]!r} must be a whole number >= 1")
 
 
+def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tuple[ImageData, Subset]:
+    """Check the config, load the data and draw the imbalanced subset: every bad-input error is raised here."""
+    validate(cfg)
+    data = load(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    return data, make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+
+
 def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     """Train and evaluate one configuration, logged as one MLflow run; returns the test metrics (percent)."""
-    validate(cfg)
     if (done := finished_metrics(cfg)) is not None:
         log.info("skipped: this sweep already has a FINISHED run of this config (force=true reruns every job)")
         return done
+    data, subset = prepare(cfg)
     progress = interactive if cfg.train.progress == "auto" else cfg.train.progress
     device = pick_device(cfg.train.device)
     method = get_method(cfg.method.name)
-    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
-    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
     tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind}
     with job_run(cfg, tags) as active:
         torch.manual_seed(cfg.seed)

@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from aos_bench.data import ImageData, UsageError, load_data
 
 from aos_bench.tracking import SWEEP_ENV, ensure_experiment, hashed, tracking_uri
 
@@ -67,6 +72,32 @@ def fail_if_running(uri: str, run_id: str) -> None:
         client.set_terminated(run_id, "FAILED")
 
 
+def job_overrides(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides as the basic sweeper expands them: the preset's grid, then the command line (which wins)."""
+    grid = [f"{key}={value}" for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(grid + list(config.hydra.overrides.task))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def check_jobs(config: DictConfig) -> None:
+    """Run every job's input checks (config values, data files, imbalance) before the first job trains."""
+    from aos_bench.job import prepare
+
+    loaded: dict[tuple[str, str], ImageData] = {}
+
+    def load_once(dataset: DictConfig, data_dir: str, cache_dir: str | None) -> ImageData:
+        key = (OmegaConf.to_yaml(dataset), str(data_dir))
+        if key not in loaded:
+            loaded[key] = load_data(dataset, data_dir, cache_dir)
+        return loaded[key]
+
+    for overrides in job_overrides(config):
+        try:
+            prepare(compose(config.hydra.job.config_name, overrides=overrides), load=load_once)
+        except UsageError as error:
+            raise SystemExit(f"aos_bench: {error} (job: {' '.join(overrides)}; no job of this sweep has run)") from None
+
+
 class SweepTracking(Callback):
     """Hydra callback: the multirun's MLflow parent run, and its report when the last job has returned."""
 
@@ -74,7 +105,8 @@ class SweepTracking(Callback):
         self.report = report
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Create the store, the experiment and the parent run before any job starts, and export the parent's id."""
+        """Check every job, then create the store, the experiment and the parent run, and export the parent's id."""
+        check_jobs(config)
         self.uri = tracking_uri(config.tracking)
         client = mlflow.MlflowClient(self.uri)
         self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))

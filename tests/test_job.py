@@ -22,9 +22,9 @@ def aos_bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def runs(tmp_path: Path, experiment: str = "aos_bench"):
-    """All runs of the store that `aos_bench` wrote in tmp_path."""
+    """All job runs of the store that `aos_bench` wrote in tmp_path (a multirun's parent run has no config_hash)."""
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    return mlflow.search_runs(experiment_names=[experiment])
+    return mlflow.search_runs(experiment_names=[experiment], filter_string="tags.config_hash LIKE '%'")
 
 
 def test_multirun_logs_three_finished_runs_with_metrics_and_artifacts(tmp_path):
@@ -75,6 +75,14 @@ def test_bad_input_is_one_line_before_any_run(tmp_path, override, message):
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "mlruns").exists(), "a run was created for bad input"
+
+
+def test_bad_value_in_a_sweep_stops_it_before_any_job_trains(tmp_path):
+    result = aos_bench(tmp_path, "-m", "dataset=synthetic", "train=smoke", "method=base,aos", "imbalance.mu=0.3,0.01")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "imbalance.mu=0.01 gives k=0" in result.stderr and "no job of this sweep has run" in result.stderr
+    assert not (tmp_path / "mlruns").exists(), "a job ran or a run was created before the bad job was found"
 
 
 def test_missing_data_names_the_directory(tmp_path):
