@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from torchvision import transforms
 
 from aos_bench.__main__ import CONFIG_DIR
 from aos_bench.data import ImageData, _unnest, load_data
-from aos_bench.imbalance import make_subset
+from aos_bench.imbalance import Subset as ImbalancedSubset, make_subset
 from aos_bench.methods import get_method
 from aos_bench.models import build_model
 from aos_bench.tracking import job_run
@@ -63,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; default: torch's (one per core)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes of the reference")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over all pipelines; figures are their medians")
     parser.add_argument("--compile", action="store_true", help="also time the suite with train.compile=true")
     parser.add_argument("--quick", action="store_true", help="20 timed steps after 5 warm-up steps")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
@@ -252,8 +254,47 @@ def ratios(rate: dict[str, float], attacked: float | None) -> dict:
     return out
 
 
+def measure_round(
+    args: argparse.Namespace, name: str, data: ImageData, dataset: torch.utils.data.Dataset, subset: ImbalancedSubset,
+    device: torch.device,
+) -> tuple[dict[str, float], float | None]:
+    """Seconds per step of every pipeline, measured once each, and the fraction of its images the suite's AOS attacked."""
+    cfg = config(args, name)
+    x, y = data.train_x[subset.indices].to(device), data.train_y[subset.indices].to(device)
+    per_step = {"limit": limit_seconds(cfg, data, device, False, args), "limit_plain": limit_seconds(cfg, data, device, True, args)}
+    attacked = None
+    for method in args.methods.split(","):
+        mcfg = config(args, name, method)
+        positions = get_method(method).resample(y.cpu(), torch.Generator().manual_seed(cfg.seed))
+        indices = subset.indices[positions]
+        per_step[f"reference/{method}"] = reference_seconds(mcfg, data, dataset, indices, subset.minority_classes, device, args)
+        per_step[f"suite/{method}"], fraction, _ = suite_seconds(mcfg, data, x, y, subset.minority_classes, device, args)
+        attacked = fraction if method == "aos" else attacked
+    return per_step, attacked
+
+
+def compile_figures(
+    args: argparse.Namespace, name: str, data: ImageData, subset: ImbalancedSubset, device: torch.device, per_step: dict
+) -> dict:
+    """Per method: train.compile=true's seconds per step (added to per_step), compile time and the saving over a default run."""
+    x, y = data.train_x[subset.indices].to(device), data.train_y[subset.indices].to(device)
+    figures = {}
+    for method in args.methods.split(","):
+        cfg = OmegaConf.merge(config(args, name, method), {"train": {"compile": True}})
+        compiled_s, _, warm_s = suite_seconds(cfg, data, x, y, subset.minority_classes, device, args)
+        per_step[f"suite+compile/{method}"] = compiled_s
+        positions = get_method(method).resample(y, torch.Generator(device).manual_seed(cfg.seed))
+        run_steps = cfg.train.epochs * math.ceil(epoch_images(y, positions, cfg.train.epoch_size) / args.batch_size)
+        figures[method] = {
+            "compile_s": warm_s - args.warmup * compiled_s,
+            "default_run_steps": run_steps,
+            "default_run_saving_s": run_steps * (per_step[f"suite/{method}"] - compiled_s),
+        }
+    return figures
+
+
 def bench_dataset(args: argparse.Namespace, name: str) -> dict:
-    """Every pipeline's images per second on one dataset, with the ratios and the start-up time."""
+    """Every pipeline's images per second on one dataset (median of --repeats rounds), the ratios and the start-up time."""
     start = time.perf_counter()
     cfg = config(args, name)
     compose_s = time.perf_counter() - start
@@ -263,28 +304,13 @@ def bench_dataset(args: argparse.Namespace, name: str) -> dict:
     load_s = time.perf_counter() - start
     startup = startup_seconds(cfg, compose_s, load_s)
     subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
-    x, y = data.train_x[subset.indices].to(device), data.train_y[subset.indices].to(device)
-    per_step = {"limit": limit_seconds(cfg, data, device, False, args), "limit_plain": limit_seconds(cfg, data, device, True, args)}
     dataset = reference_dataset(cfg)
     if not torch.equal(torch.as_tensor(dataset.targets), data.train_y):
         raise RuntimeError(f"the reference {type(dataset).__name__}'s labels differ from load_data's: not the same images")
-    attacked, compiled = None, {}
-    for method in args.methods.split(","):
-        mcfg = config(args, name, method)
-        positions = get_method(method).resample(y.cpu(), torch.Generator().manual_seed(cfg.seed))
-        indices = subset.indices[positions]
-        per_step[f"reference/{method}"] = reference_seconds(mcfg, data, dataset, indices, subset.minority_classes, device, args)
-        per_step[f"suite/{method}"], fraction, _ = suite_seconds(mcfg, data, x, y, subset.minority_classes, device, args)
-        attacked = fraction if method == "aos" else attacked
-        if args.compile:
-            ccfg = OmegaConf.merge(mcfg, {"train": {"compile": True}})
-            per_step[f"suite+compile/{method}"], _, warm_s = suite_seconds(ccfg, data, x, y, subset.minority_classes, device, args)
-            run_steps = cfg.train.epochs * math.ceil(epoch_images(y, positions.to(device), cfg.train.epoch_size) / args.batch_size)
-            compiled[method] = {
-                "compile_s": warm_s - args.warmup * per_step[f"suite+compile/{method}"],
-                "default_run_steps": run_steps,
-                "default_run_saving_s": run_steps * (per_step[f"suite/{method}"] - per_step[f"suite+compile/{method}"]),
-            }
+    rounds = [measure_round(args, name, data, dataset, subset, device) for _ in range(args.repeats)]
+    per_step = {key: statistics.median(r[0][key] for r in rounds) for key in rounds[0][0]}
+    attacked = None if rounds[0][1] is None else statistics.mean(r[1] for r in rounds)
+    compiled = compile_figures(args, name, data, subset, device, per_step) if args.compile else {}
     rate = {key: args.batch_size / seconds for key, seconds in per_step.items()}
     return {
         "dataset": name,
@@ -332,13 +358,13 @@ def markdown(result: dict, setup: dict, command: str) -> str:
     rows = [f"| {key} | {rate:,.0f} | {1000 * setup['batch_size'] / rate:.1f} |" for key, rate in result["images_per_s"].items()]
     start = result["startup_s"]
     return "\n".join([
-        f"## {result['dataset']} on {setup['device']}",
+        f"## {result['dataset']} on {setup['device']}, {setup['threads']} torch threads",
         "",
         f"`{command}`",
         "",
         f"{setup['processor']}; torch {setup['torch']}, {setup['threads']} torch threads; 1-minute load average "
         f"{setup['load_1min']:.2f} before, {setup['load_1min_after']:.2f} after. Model: {model}. Batch {setup['batch_size']}, "
-        f"{setup['steps']} timed steps after {setup['warmup']} warm-up steps. Reference dataset object: {result['reference_dataset']}.",
+        f"{setup['steps']} timed steps after {setup['warmup']} warm-up steps, median of {setup['repeats']} rounds. Reference dataset object: {result['reference_dataset']}.",
         "",
         "| pipeline | images/s | ms/step |",
         "|---|---:|---:|",
@@ -360,9 +386,9 @@ def fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{key} {value:.2f}" for key, value in values.items())
 
 
-def write_section(path: Path, dataset: str, text: str) -> None:
-    """Replace the dataset's section of the results file (between its markers), or append it; other text stays."""
-    begin, end = f"<!-- bench.py {dataset} begin -->", f"<!-- bench.py {dataset} end -->"
+def write_section(path: Path, key: str, text: str) -> None:
+    """Replace the section called `key` in the results file (between its markers), or append it; other text stays."""
+    begin, end = f"<!-- bench.py {key} begin -->", f"<!-- bench.py {key} end -->"
     block = f"{begin}\n{text}{end}\n"
     old = path.read_text() if path.exists() else f"# Training throughput\n\nSections written by `scripts/bench.py --write`.\n\n"
     if begin in old and end in old:
@@ -379,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    setup = machine(device) | {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup}
+    setup = machine(device) | {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
     results = {name: bench_dataset(args, name) for name in args.dataset.split(",")}
     setup["load_1min_after"] = os.getloadavg()[0]
     command = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -390,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.json:
             print(text)
         if args.write:
-            write_section(ROOT / "results" / f"bench_{device.type}.md", name, text)
+            write_section(ROOT / "results" / f"bench_{device.type}.md", f"{name}, {setup['threads']} threads", text)
     if args.json:
         print(json.dumps(summary, indent=1))
     return summary
