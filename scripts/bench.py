@@ -345,9 +345,11 @@ def goal_lines(result: dict) -> list[str]:
                 lines.append(f"{key} ({method}) = {value:.2f} >= {goal}: {'met' if value >= goal else 'NOT met'}")
     if result["aos_over_ros"] is not None:
         met = result["aos_over_ros"] <= result["aos_bound"]
+        per_attacked = (result["aos_over_ros"] - 1) / result["attacked_fraction"]
         lines.append(
             f"aos/ros time per image = {result['aos_over_ros']:.3f} <= 1 + {AOS_BUDGET} x f = {result['aos_bound']:.3f} "
-            f"(f = {result['attacked_fraction']:.3f}): {'met' if met else 'NOT met'}"
+            f"(f = {result['attacked_fraction']:.3f}): {'met' if met else 'NOT met'}; one attacked image costs "
+            f"{per_attacked:.2f} of a training step per image (goal <= {AOS_BUDGET})"
         )
     return lines
 
