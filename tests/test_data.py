@@ -12,23 +12,13 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 from torchvision.io import write_png
 
+from conftest import DATA, needs
+
 from aos_bench import data
 from aos_bench.data import ImageData, UsageError, default_cache_dir, load_data
 
 # torchvision 0.29 deprecates write_png/decode_image (used here to make and check PNGs) on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-
-ROOT = Path(__file__).resolve().parents[1]
-# A relative AOS_DATA_DIR is taken from the project root, like the default ../shared/data.
-DATA = (ROOT / os.environ.get("AOS_DATA_DIR", "../shared/data")).resolve()
-
-
-def needs(folder: str) -> pytest.MarkDecorator:
-    """Skip unless the real dataset folder is present under DATA."""
-    return pytest.mark.skipif(
-        not (DATA / folder).exists(), reason=f"real datasets not found at {DATA / folder}: set AOS_DATA_DIR"
-    )
-
 
 def class_counts(y: torch.Tensor) -> list[int]:
     """Number of samples per label."""
