@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=100, help="timed steps per pipeline")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps before them")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", default="auto", help="the suite's train.precision: auto | fp32 | bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; default: torch's (one per core)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes of the reference")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all pipelines; figures are their medians")
@@ -79,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def config(args: argparse.Namespace, dataset: str, method: str = "aos") -> DictConfig:
     """The project's real config for this dataset and method, with the benchmark's batch size and device."""
     overrides = [f"dataset={dataset}", f"method={method}", f"data_dir={args.data_dir}", f"train.batch_size={args.batch_size}"]
-    overrides += [f"train.device={args.device}", "train.progress=false"] + ([f"model={args.model}"] if args.model else [])
+    overrides += [f"train.device={args.device}", f"train.precision={args.precision}", "train.progress=false"]
+    overrides += [f"model={args.model}"] if args.model else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
@@ -131,7 +133,10 @@ def limit_seconds(cfg: DictConfig, data: ImageData, device: torch.device, plain:
     y = data.train_y[: args.batch_size].to(device)
 
     return seconds_per_step(
-        lambda: train_step(net, optimizer, x, y, contextlib.nullcontext() if plain else autocast(device)), args.warmup, args.steps, device
+        lambda: train_step(net, optimizer, x, y, contextlib.nullcontext() if plain else autocast(device, cfg.train.precision)),
+        args.warmup,
+        args.steps,
+        device,
     )
 
 
@@ -360,7 +365,7 @@ def markdown(result: dict, setup: dict, command: str) -> str:
     rows = [f"| {key} | {rate:,.0f} | {1000 * setup['batch_size'] / rate:.1f} |" for key, rate in result["images_per_s"].items()]
     start = result["startup_s"]
     return "\n".join([
-        f"## {result['dataset']} on {setup['device']}, {setup['threads']} torch threads",
+        f"## {result['dataset']} on {setup['device']}, {setup['threads']} torch threads, train.precision={setup['precision']}",
         "",
         f"`{command}`",
         "",
@@ -408,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     setup = machine(device) | {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
+    setup["precision"] = args.precision
     results = {name: bench_dataset(args, name) for name in args.dataset.split(",")}
     setup["load_1min_after"] = os.getloadavg()[0]
     command = "python scripts/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -418,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.json:
             print(text)
         if args.write:
-            write_section(ROOT / "results" / f"bench_{device.type}.md", f"{name}, {setup['threads']} threads", text)
+            write_section(ROOT / "results" / f"bench_{device.type}.md", f"{name}, {setup['threads']} threads, precision={args.precision}", text)
     if args.json:
         print(json.dumps(summary, indent=1))
     return summary
