@@ -112,7 +112,9 @@ def fit(
     forward = torch.compile(model) if cfg["compile"] else model  # the attack keeps the eager model
     n_images = epoch_images(y, positions, cfg["epoch_size"])
     steps_per_epoch = math.ceil(n_images / cfg["batch_size"])
-    total = steps_per_epoch * cfg["epochs"] if cfg["max_steps"] is None else min(cfg["max_steps"], steps_per_epoch * cfg["epochs"])
+    total = steps_per_epoch * cfg["epochs"]
+    if cfg["max_steps"] is not None:
+        total = min(total, cfg["max_steps"])
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
     stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist()}
