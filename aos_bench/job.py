@@ -15,7 +15,8 @@ from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.tracking import finished_metrics, job_run
-from aos_bench.train import fit, pick_device, predict
+from aos_bench.runtime import describe, set_up
+from aos_bench.train import fit, pick_device, predict, resolve_precision
 
 EPOCH_SIZES = ("balanced", "method")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -35,6 +36,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if not (isinstance(cfg.train[key], int) and cfg.train[key] >= 1):
             raise UsageError(f"train.{key}={cfg.train[key]!r} must be a whole number >= 1")
+    threads = cfg.train.threads
+    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
+        raise UsageError(f"train.threads={threads!r} must be null (torch's choice) or a whole number >= 1")
+    if not isinstance(cfg.train.deterministic, bool):
+        raise UsageError(f"train.deterministic={cfg.train.deterministic!r} is not one of: true, false")
 
 
 def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tuple[ImageData, Subset]:
@@ -53,10 +59,12 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     progress = interactive if cfg.train.progress == "auto" else cfg.train.progress
     device = pick_device(cfg.train.device)
     method = get_method(cfg.method.name)
-    tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind}
+    set_up(cfg.train)
+    tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind, "recipe": cfg.recipe.name}
     with job_run(cfg, tags) as active:
+        mlflow.log_params(describe(device, resolve_precision(device, cfg.train.precision)))
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, data.train_x.shape[1], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+        model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
         model = model.to(device, memory_format=torch.channels_last)
         x, y = data.train_x[subset.indices].to(device), data.train_y[subset.indices].to(device)
         stats = fit(
