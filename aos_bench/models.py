@@ -8,6 +8,8 @@ from torch import nn
 
 from aos_bench.data import UsageError
 
+ARCHS = ("convnet", "lenet", "allcnn", "resnet18")
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel."""
@@ -32,6 +34,43 @@ def convnet(channels: int, n_classes: int, widths: Sequence[int], convs_per_stag
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, n_classes))
 
 
+def lenet(
+    channels: int, n_classes: int, size: tuple[int, int], widths: Sequence[int], hidden: Sequence[int], pad_input: int, conv_relu: bool
+) -> nn.Sequential:
+    """LeNet family: (conv5x5 [-ReLU] - 2x2 max-pool) per width, then fully connected ReLU layers of `hidden` units and a linear head."""
+    layers: list[nn.Module] = []
+    h, w = size[0] + 2 * pad_input, size[1] + 2 * pad_input
+    for i, width in enumerate(widths):
+        conv = nn.Conv2d(channels, width, 5, padding=pad_input if i == 0 else 0)  # only the input image is padded
+        layers += [conv, *([nn.ReLU(inplace=True)] if conv_relu else []), nn.MaxPool2d(2)]
+        channels, h, w = width, (h - 4) // 2, (w - 4) // 2
+    if h < 1 or w < 1:
+        raise UsageError(f"model.widths={list(widths)}: {len(widths)} conv-pool stages shrink a {size[0]}x{size[1]} image to nothing")
+    features = channels * h * w
+    layers.append(nn.Flatten())
+    for units in hidden:
+        layers += [nn.Linear(features, units), nn.ReLU(inplace=True)]
+        features = units
+    return nn.Sequential(*layers, nn.Linear(features, n_classes))
+
+
+def allcnn(channels: int, n_classes: int, widths: Sequence[int], dropout: Sequence[float]) -> nn.Sequential:
+    """All-CNN-C (Springenberg et al. 2015): 3x3 convs, stride-2 convs instead of pooling, 1x1 class maps, global average."""
+    small, large = widths
+    drop_in, drop_mid = dropout
+
+    def conv(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(c_in, c_out, kernel, stride, padding), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(
+        nn.Dropout(drop_in),
+        *conv(channels, small, 3), *conv(small, small, 3), *conv(small, small, 3, stride=2), nn.Dropout(drop_mid),
+        *conv(small, large, 3), *conv(large, large, 3), *conv(large, large, 3, stride=2), nn.Dropout(drop_mid),
+        *conv(large, large, 3, padding=0), *conv(large, large, 1, padding=0), nn.Conv2d(large, n_classes, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+
+
 def resnet18(channels: int, n_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool, for small images."""
     net = torchvision.models.resnet18(num_classes=n_classes)
@@ -40,12 +79,17 @@ def resnet18(channels: int, n_classes: int) -> nn.Module:
     return net
 
 
-def build_model(cfg: Mapping, channels: int, n_classes: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
-    """The network named by `model.arch`, behind its input normalisation."""
+def build_model(cfg: Mapping, shape: Sequence[int], n_classes: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """The network named by `model.arch` for images of `shape` (channels, height, width), behind its input normalisation."""
+    channels, height, width = shape
     if cfg["arch"] == "convnet":
         net = convnet(channels, n_classes, cfg["widths"], cfg["convs_per_stage"])
+    elif cfg["arch"] == "lenet":
+        net = lenet(channels, n_classes, (height, width), cfg["widths"], cfg["hidden"], cfg["pad_input"], cfg["conv_relu"])
+    elif cfg["arch"] == "allcnn":
+        net = allcnn(channels, n_classes, cfg["widths"], cfg["dropout"])
     elif cfg["arch"] == "resnet18":
         net = resnet18(channels, n_classes)
     else:
-        raise UsageError(f"model.arch={cfg['arch']!r} is not one of: convnet, resnet18")
+        raise UsageError(f"model.arch={cfg['arch']!r} is not one of: {', '.join(ARCHS)}")
     return nn.Sequential(Normalize(mean, std), net)

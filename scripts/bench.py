@@ -107,7 +107,7 @@ def seconds_per_step(step: Callable[[], None], warmup: int, steps: int, device: 
 def new_model(cfg: DictConfig, data: ImageData, device: torch.device) -> nn.Sequential:
     """The run's model as job.run builds it: seeded, on the device, channels_last; [0] normalises, [1] is the network."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.train_x.shape[1], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+    model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
     return model.to(device, memory_format=torch.channels_last)
 
 

@@ -19,7 +19,7 @@ def imbalanced_labels() -> torch.Tensor:
 
 def small_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model({"arch": "convnet", "widths": [8, 16], "convs_per_stage": 1}, 1, 4, [0.5], [0.25])
+    return build_model({"arch": "convnet", "widths": [8, 16], "convs_per_stage": 1}, (1, 12, 12), 4, [0.5], [0.25])
 
 
 def test_base_keeps_every_image_once():

@@ -25,7 +25,7 @@ def image_keys(images: torch.Tensor) -> list[bytes]:
 def run_fit(cfg, x: torch.Tensor, y: torch.Tensor, minority: list[int], method: Method, seed: int) -> dict:
     """fit() a fresh model of the config on (x, y)."""
     torch.manual_seed(seed)
-    model = build_model(cfg.model, x.shape[1], int(y.max()) + 1, cfg.dataset.mean, cfg.dataset.std)
+    model = build_model(cfg.model, x.shape[1:], int(y.max()) + 1, cfg.dataset.mean, cfg.dataset.std)
     model = model.to(x.device, memory_format=torch.channels_last)
     return train.fit(model, x, y, method, cfg.train, cfg.method, cfg.dataset.augment, minority, seed)
 
