@@ -70,7 +70,7 @@ def test_smoke_preset_end_to_end(tmp_path, env, empty_store, monkeypatch):
     assert sorted(set(children["params.seed"])) == ["0", "1"]
     assert (children["params.data_seed"] == children["params.seed"]).all()
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "report")}
-    assert artifacts == {"report/smoke.md", "report/smoke.csv", "report/smoke.png"}  # the callback's, also in the sweep dir
+    assert artifacts == {"report/smoke.md", "report/smoke.csv", "report/smoke.png", "report/smoke_runs.csv"}  # the callback's, also in the sweep dir
     assert (tmp_path / "multirun" / "smoke.md").exists()
 
     monkeypatch.chdir(tmp_path)  # the command's defaults: ./mlruns, the latest sweep
@@ -87,14 +87,17 @@ def test_smoke_preset_end_to_end(tmp_path, env, empty_store, monkeypatch):
     assert (tmp_path / "results" / "smoke.png").stat().st_size > 10_000
 
 
-def log_child(parent: str, method: str, mu: float, seed: int, f1: float, steps: int = 100) -> str:
+def log_child(
+    parent: str, method: str, mu: float, seed: int, f1: float, steps: int = 100, recipe: str = "paper", classes=("zero", "one")
+) -> str:
     """A hand-built child run as a job logs it (params as MLflow stores them: strings), with per-class artifacts."""
     with mlflow.start_run(tags={"mlflow.parentRunId": parent, "config_hash": f"{parent}-{method}-{mu}-{seed}"}) as run:
         params = {"dataset.name": "mnist", "imbalance.mu": mu, "imbalance.rho": 500, "method.name": method, "seed": seed}
-        mlflow.log_params({**params, "method.eps": 0.1, "data_seed": seed})
+        mlflow.log_params({**params, "method.eps": 0.1, "data_seed": seed, "recipe.name": recipe, "env.threads": 1})
         mlflow.log_metrics({"test_f1_macro": f1, "train_steps": steps})
-        mlflow.log_text("class,precision,recall,f1,support\nzero,1,1,90,10\none,1,1,40,10\n", "per_class.csv")
-        mlflow.log_dict({"classes": ["zero", "one"], "minority_classes": [1]}, "class_counts.json")
+        lines = "".join(f"{name},1,1,{90 - 50 * (i % 2)},10\n" for i, name in enumerate(classes))
+        mlflow.log_text("class,precision,recall,f1,support\n" + lines, "per_class.csv")
+        mlflow.log_dict({"classes": list(classes), "minority_classes": list(range(1, len(classes), 2))}, "class_counts.json")
     return run.info.run_id
 
 
@@ -116,7 +119,7 @@ def test_report_reads_one_sweep_back_and_compares_it_with_the_paper(tmp_path, em
     client.set_terminated(ours, "FINISHED")  # ended last: the `latest` sweep
 
     paths = report.write_report(uri, "aos_bench", "latest", tmp_path / "results")
-    assert [p.name for p in paths] == ["table2.md", "table2.csv", "table2.png"]
+    assert [p.name for p in paths] == ["table2.md", "table2.csv", "table2.png", "table2_runs.csv"]
     table = pd.read_csv(paths[1]).set_index(["dataset", "mu", "method"])
     assert table.loc[("mnist", 0.3, "base"), ["mean", "std", "seeds", "paper"]].tolist() == pytest.approx([82, 2, 3, 83.39])
     assert table.loc[("mnist", 0.3, "base"), "diff"] == pytest.approx(82 - 83.39)
@@ -133,9 +136,48 @@ def test_report_reads_one_sweep_back_and_compares_it_with_the_paper(tmp_path, em
     text = paths[0].read_text()
     assert "| MNIST | 0.3 | 500 | 0.1 | BASE | 82.00 | 2.00 | 3 | 83.39 | -1.39 | 100 |  |" in text
     assert "published values of the paper's Table 2" in text
+    assert "recipe `paper`" in text and "1 torch thread(s) per job" in text
+    measured = table.dropna(subset=["mean", "paper"])
+    assert f"mean |ours − paper| = {measured['diff'].abs().mean():.2f} F1 points over 6 measured cells" in text
+    assert "the paper's ordering holds in 2 of 2 rows" in text
+    per_run = pd.read_csv(paths[3])
+    assert len(per_run) == 17 and set(per_run.columns) >= {"method", "seed", "f1", "recipe", "threads"}
 
     only_other = pd.read_csv(report.write_report(uri, "aos_bench", other, tmp_path / "other")[1])
     assert only_other.dropna(subset=["mean"])[["method", "mean"]].values.tolist() == [["aos", 10.0]]
+
+
+def one_sweep(uri: str, children) -> str:
+    """A FINISHED parent run of preset table2 with the given (method, mu, seed, f1, recipe, classes) children; its id."""
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, "aos_bench"))
+    client = mlflow.MlflowClient(uri)
+    parent = client.create_run(mlflow.get_experiment_by_name("aos_bench").experiment_id, tags={"sweep_key": "k", "preset": "table2"})
+    for method, mu, seed, f1, recipe, classes in children:
+        log_child(parent.info.run_id, method, mu, seed, f1, recipe=recipe, classes=classes)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return parent.info.run_id
+
+
+def test_report_refuses_a_sweep_that_mixes_two_recipes(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    sweep = one_sweep(uri, [("aos", 0.3, 0, 90.0, "paper", ("a", "b")), ("ros", 0.3, 0, 80.0, "modern", ("a", "b"))])
+    with pytest.raises(ValueError, match="mixes the recipes modern, paper"):
+        report.write_report(uri, "aos_bench", sweep, tmp_path / "results")
+
+
+def test_report_figure_stars_the_minority_digits(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    digits = tuple(str(d) for d in range(10))  # class names that pandas would read back as integers
+    sweep = one_sweep(uri, [(m, 0.9, 0, 50.0, "paper", digits) for m in report.METHODS])
+    runs = report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
+    table = report.cells(runs, "table2")
+    classes, minority, _ = report.per_class(runs, ("mnist", 0.9, 500))
+    fig = report.figure(table, runs, classes, minority, ("left", "right"))
+    labels = [label.get_text() for label in fig.axes[1].get_xticklabels()]
+    assert labels == [f"{d}*" if d % 2 else str(d) for d in range(10)]  # log_child makes the odd classes minority
+    fig.canvas.draw()
+    legend = fig.axes[1].get_legend().get_window_extent()
+    assert legend.y0 >= fig.axes[1].get_window_extent().y1 - 1  # the legend sits above the bars, not over them
 
 
 def sweep_config(*overrides: str) -> DictConfig:
