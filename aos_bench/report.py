@@ -7,6 +7,7 @@ writes <out>/<preset>.md, .csv, .png and _runs.csv for the sweep (an MLflow pare
 
 import argparse
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ ROW = ["dataset", "mu", "rho"]  # one table row; method and seed vary within it
 NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "intel": "Intel", "base": "BASE", "ros": "ROS", "aos": "AOS"}
 UNRECORDED = "unrecorded"  # a param that runs logged before the suite recorded it
 ENV = ("torch", "device", "threads", "precision", "deterministic")  # env.* params named in a report, as logged by job.run
-EXACT_UP_TO = 16  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
+EXACT_UP_TO = 16
+DIFFERENCES = (2, 5, 10)  # F1 points: differences whose required number of seeds the noise report gives  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
 
 # The paper's PUBLISHED values (Wojciechowski and Lango, Tables 1 and 2; F1 in percent, test sets, step imbalance),
 # to compare our measurements against; never reported as ours. One row: (dataset, mu, rho, BASE, ROS, AOS).
@@ -105,14 +107,58 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             **{key: runs.reindex(columns=[f"params.env.{key}"])[f"params.env.{key}"].astype(object).fillna(UNRECORDED) for key in ENV},
         }
     )
-    repeated = table.duplicated(ROW + ["method", "seed"])
+    repeated = table.duplicated(ROW + ["method", "seed", "threads"])
     if repeated.any():
         raise ValueError(
-            f"sweep {sweep_id} has several runs for one dataset, mu, rho, method and seed "
+            f"sweep {sweep_id} has several runs for one dataset, mu, rho, method, seed and thread count "
             f"(e.g. {table[repeated].iloc[0][ROW + ['method', 'seed']].to_dict()}): it varies another setting, "
             "which a paper table has no column for; sweep that setting in separate sweeps"
         )
     return table
+
+
+def per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """One line per row, method and seed: F1 averaged over the thread counts a noise sweep ran it with (else as run)."""
+    keys = [*ROW, "method", "seed"]
+    return runs.groupby(keys, as_index=False, dropna=False).agg(
+        f1=("f1", "mean"), steps=("steps", "first"), eps=("eps", "first"), artifact_uri=("artifact_uri", "first")
+    )
+
+
+def seeds_needed(sd: float, difference: float) -> int:
+    """Seeds for a paired test to find `difference` with paired-difference sd `sd` (5% two-sided, 80% power), at least 6.
+
+    6 is the sign-flip test's floor: with n seeds no p-value is below 2 / 2^n, which first drops under 0.05 at n = 6.
+    """
+    return max(6, math.ceil(((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * sd / difference) ** 2))
+
+
+def noise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per row and method, for sweeps that ran each seed under several thread counts: within- and between-seed spread.
+
+    within = root mean square over seeds of the std across thread counts (same seed and subset, another float order);
+    between = std over seeds at one thread count, averaged over the thread counts.
+    """
+    if runs["threads"].nunique() < 2:
+        return pd.DataFrame()
+    lines = []
+    for key, cell in runs.groupby([*ROW, "method"], sort=False):
+        within = np.sqrt(cell.groupby("seed")["f1"].var().mean())
+        between = cell.groupby("threads")["f1"].std().mean()
+        lines.append({**dict(zip([*ROW, "method"], key)), "within": within, "between": between, "seeds": cell["seed"].nunique()})
+    return pd.DataFrame(lines)
+
+
+def noise_of_differences(runs: pd.DataFrame, other: str = "ros") -> pd.DataFrame:
+    """Per row: the std over seeds of AOS minus `other`, at one thread count (averaged over them), and the seeds needed."""
+    lines = []
+    for key, cell in runs.groupby(ROW, sort=False):
+        by_seed = cell.pivot_table(index=["threads", "seed"], columns="method", values="f1")
+        if not {"aos", other} <= set(by_seed.columns):
+            continue
+        sd = (by_seed["aos"] - by_seed[other]).groupby(level="threads").std().mean()
+        lines.append({**dict(zip(ROW, key)), "sd": sd, **{f"seeds_{d}": seeds_needed(sd, d) for d in DIFFERENCES}})
+    return pd.DataFrame(lines)
 
 
 def paper_values() -> pd.DataFrame:
@@ -192,8 +238,11 @@ def ordering(means: Mapping[str, float]) -> str:
     return " > ".join(NAMES[m] for m in sorted(METHODS, key=lambda m: -means[m]))
 
 
-def comparisons(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Per row: AOS minus ROS and minus BASE over the seeds both ran (mean, p-value, pairs), and whose ordering holds."""
+def comparisons(runs: pd.DataFrame, table: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
+    """Per row: AOS minus ROS and minus BASE over the seeds both ran (mean, p-value, pairs), and whose ordering holds.
+
+    With a noise sweep's `spread`, AOS − ROS is also flagged when it is smaller than the row's within-seed spread.
+    """
     lines = []
     for key, row in table.groupby(ROW, sort=False, dropna=False):
         line = dict(zip(ROW, key))
@@ -207,6 +256,10 @@ def comparisons(runs: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
         line["order"] = ordering(dict(zip(row["method"], row["mean"])))
         line["paper_order"] = ordering(dict(zip(row["method"], row["paper"])))
         line["paper_order_holds"] = line["order"] == line["paper_order"] if line["order"] and line["paper_order"] else None
+        if not spread.empty:
+            within = spread.merge(pd.DataFrame([dict(zip(ROW, key))]), on=ROW).query("method in ['aos', 'ros']")["within"].max()
+            line["within_seed_spread"] = within
+            line["below_within_seed_spread"] = abs(line["aos_minus_ros"]) < within if pd.notna(within) else None
         lines.append(line)
     return pd.DataFrame(lines)
 
@@ -254,7 +307,48 @@ def environment(runs: pd.DataFrame) -> str:
     )
 
 
-def markdown(name: str, parent: mlflow.entities.Run, table: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFrame) -> str:
+def noise_section(spread: pd.DataFrame, differences: pd.DataFrame) -> str:
+    """The noise floor: within- against between-seed spread per row and method, and the seeds a difference needs."""
+    if spread.empty:
+        return ""
+    floor = pd.DataFrame(
+        {
+            "dataset": spread["dataset"].map(lambda d: NAMES.get(d, d)),
+            "mu": fmt("g", spread["mu"]),
+            "method": spread["method"].map(NAMES),
+            "seeds": spread["seeds"],
+            "within-seed spread (std over thread counts)": fmt(".2f", spread["within"]),
+            "between-seed spread (std over seeds)": fmt(".2f", spread["between"]),
+        }
+    )
+    needed = pd.DataFrame(
+        {
+            "dataset": differences["dataset"].map(lambda d: NAMES.get(d, d)),
+            "mu": fmt("g", differences["mu"]),
+            "std of AOS − ROS over seeds": fmt(".2f", differences["sd"]),
+            **{f"seeds for {d} points": differences[f"seeds_{d}"] for d in DIFFERENCES},
+        }
+    )
+    return f"""
+## Noise floor: the same seed under another thread count
+
+Each seed ran once per thread count: the same subset, initialisation and batch order, only the order of float
+additions differs. Within-seed spread = root mean square over seeds of the std across thread counts; between-seed
+spread = std over seeds at one thread count (averaged over thread counts). `below within-seed spread` above flags a
+mean AOS − ROS smaller than the larger within-seed spread of the two methods in that row.
+
+{markdown_table(floor)}
+
+Seeds a paired comparison needs to detect a true AOS − ROS difference (two-sided 5%, power 80%, normal approximation
+with the measured std of the per-seed difference; never fewer than 6, the sign-flip test's floor):
+
+{markdown_table(needed)}
+"""
+
+
+def markdown(
+    name: str, parent: mlflow.entities.Run, table: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFrame, extra: str = ""
+) -> str:
     """The report page: where the numbers come from, the per-method table and the paired comparisons."""
     tags = parent.data.tags
     f1 = pd.DataFrame(
@@ -287,6 +381,8 @@ def markdown(name: str, parent: mlflow.entities.Run, table: pd.DataFrame, pairs:
             "paper's order holds": pairs["paper_order_holds"].map({True: "yes", False: "no"}).fillna(""),
         }
     )
+    if "below_within_seed_spread" in pairs:
+        paired["below within-seed spread"] = pairs["below_within_seed_spread"].map({True: "yes", False: "no"}).fillna("")
     tables = " and ".join(PAPER[t]["name"] for t in sorted(set(table["paper_table"].dropna())))
     source = (
         f"`paper` = the published values of the paper's {tables} (Wojciechowski and Lango) for the same dataset, mu, "
@@ -315,7 +411,7 @@ for every method), and the two-sided p-value of an exact sign-flip permutation t
 With n seeds no p-value can fall below 2 / 2^n (0.0625 for 5 seeds): add seeds for a stronger test.
 
 {markdown_table(paired)}
-"""
+{extra}"""
 
 
 def per_class_row(table: pd.DataFrame, row: str | None) -> tuple:
@@ -392,11 +488,13 @@ def write_report(uri: str, experiment: str, sweep: str, out: Path, row: str | No
     preset = parent.data.tags.get("preset", "none")
     name = preset if preset != "none" else "sweep"
     runs = sweep_runs(found.experiment_id, parent.info.run_id)
-    table = cells(runs, preset)
-    pairs = comparisons(runs, table)
+    seeds, spread = per_seed(runs), noise(runs)
+    table = cells(seeds, preset)
+    pairs = comparisons(seeds, table, spread)
+    extra = noise_section(spread, noise_of_differences(runs)) if not spread.empty else ""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png", out / f"{name}_runs.csv"]
-    paths[0].write_text(markdown(name, parent, table, pairs, runs))
+    paths[0].write_text(markdown(name, parent, table, pairs, runs, extra))
     table.merge(pairs, on=ROW).to_csv(paths[1], index=False, float_format="%.6g")
     run_columns = [*ROW, "eps", "method", "seed", "f1", "steps", "recipe", *ENV]
     runs.sort_values([*ROW, "method", "seed"])[run_columns].to_csv(paths[3], index=False, float_format="%.6g")

@@ -235,3 +235,31 @@ def test_submitit_local_jobs_nest_under_the_parent(tmp_path, env, empty_store):
     assert result.returncode == 0, result.stderr
     parents, children = stored(tmp_path)
     assert children[["status", "tags.mlflow.parentRunId"]].values.tolist() == [["FINISHED", parents["run_id"].iloc[0]]]
+
+
+def test_noise_report_puts_within_seed_beside_between_seed_spread(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, "aos_bench"))
+    client = mlflow.MlflowClient(uri)
+    parent = client.create_run(mlflow.get_experiment_by_name("aos_bench").experiment_id, tags={"sweep_key": "n", "preset": "noise"})
+    # ROS: seeds 80, 82, 84 under 1 thread; under 2 threads -1, +1, -1. AOS: ROS + 0.5 (smaller than the within-seed spread)
+    for method, offset in (("ros", 0.0), ("aos", 0.5)):
+        for seed, f1 in enumerate([80.0, 82.0, 84.0]):
+            for threads, shift in ((1, 0.0), (2, (-1) ** seed * -1.0)):
+                with mlflow.start_run(tags={"mlflow.parentRunId": parent.info.run_id, "config_hash": f"{method}{seed}{threads}"}):
+                    mlflow.log_params({"dataset.name": "mnist", "imbalance.mu": 0.9, "imbalance.rho": 500, "method.name": method,
+                                       "seed": seed, "method.eps": 0.1, "recipe.name": "paper", "env.threads": threads})
+                    mlflow.log_metrics({"test_f1_macro": f1 + offset + shift, "train_steps": 100})
+                    mlflow.log_text("class,precision,recall,f1,support\n0,1,1,90,10\n1,1,1,40,10\n", "per_class.csv")
+                    mlflow.log_dict({"classes": ["0", "1"], "minority_classes": [1]}, "class_counts.json")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    paths = report.write_report(uri, "aos_bench", parent.info.run_id, tmp_path / "results")
+    table = pd.read_csv(paths[1]).set_index("method")
+    assert table.loc["ros", "mean"] == pytest.approx(82 + (-1 + 1 - 1) / 6)  # seeds averaged over thread counts first
+    assert table.loc["ros", "seeds"] == 3
+    text = paths[0].read_text()
+    within = np.sqrt(0.5)  # std of (f1, f1 +- 1) = 1 / sqrt(2), the same for every seed
+    between = np.mean([np.std([80, 82, 84], ddof=1), np.std([79, 83, 83], ddof=1)])
+    assert f"| MNIST | 0.9 | ROS | 3 | {within:.2f} | {between:.2f} |" in text
+    assert table.loc["aos", "below_within_seed_spread"]  # AOS − ROS = 0.5 < 0.71
+    assert "seeds for 2 points" in text and len(pd.read_csv(paths[3])) == 12
