@@ -1,18 +1,26 @@
-"""Many machines: a fast stop when the tracking server is down."""
+"""Many machines: a sweep against a real `mlflow server` (REST API and artifact proxy), and a fast stop when it is down."""
 
 import http.server
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import mlflow
 import pytest
 from conftest import ROOT
+from test_sweep import sweep_cli
 
 from aos_bench import report
 from aos_bench.tracking import server_down
+
+SERVER_START = 120  # seconds `mlflow server` gets to answer (7 s on a quiet 2-core machine)
+JOB_FILES = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}  # every job's artifacts
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +36,90 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 at a free port, its SQLite store and artifacts under tmp_path/server; its URL."""
+    folder, port = tmp_path / "server", free_port()
+    folder.mkdir()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+               "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]  # fmt: skip
+    with open(folder / "server.log", "w") as log:
+        # its own process group: the server runs uvicorn in a child process, and both must stop; no GenAI job runner
+        process = subprocess.Popen(command, cwd=folder, env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START
+        while server_down(url, timeout=1) is not None:
+            assert process.poll() is None and time.monotonic() < deadline, (folder / "server.log").read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def run_files(client: mlflow.MlflowClient, run_id: str, folder: Path) -> dict[str, bytes]:
+    """Every artifact of a run, downloaded through the client into folder: {relative path: content}."""
+    root = Path(client.download_artifacts(run_id, "", str(folder)))
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def stored_files(artifacts: Path, run: mlflow.entities.Run) -> dict[str, bytes]:
+    """A run's artifacts as the server keeps them under --artifacts-destination: {relative path: content}."""
+    root = artifacts / run.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def test_parallel_sweep_against_a_tracking_server_loses_nothing_and_resumes(tmp_path, env, server):
+    args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0,1", f"tracking.uri={server}"]
+    result = sweep_cli(tmp_path, env, *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "mlruns").exists(), "nothing may go to a local store"
+
+    client = mlflow.MlflowClient(server)
+    experiment = client.get_experiment_by_name("aos_bench")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "sweep_key" in run.data.tags]
+    children = [run for run in runs if "sweep_key" not in run.data.tags]
+    assert [run.info.status for run in parents] == ["FINISHED"], "one parent run, closed by the launching process"
+    parent = parents[0]
+    assert len(children) == 4 and {run.info.status for run in children} == {"FINISHED"}
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert sorted((run.data.params["method.name"], run.data.params["seed"]) for run in children) == [
+        ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]  # fmt: skip
+    assert all(set(run.data.metrics) >= {"test_f1_macro", "train_steps", "train_loss"} for run in children)
+
+    # every artifact went through the server's proxy and comes back whole through the client
+    artifacts = tmp_path / "server" / "artifacts"
+    for run in [*children, parent]:
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+        files = run_files(client, run.info.run_id, tmp_path / "downloads" / run.info.run_id)
+        assert files == stored_files(artifacts, run) and all(files.values())
+        if run is parent:
+            assert set(files) == {"report/smoke.md", "report/smoke.csv", "report/smoke.png"}
+            assert files["report/smoke.md"] == (tmp_path / "multirun" / "smoke.md").read_bytes()
+        else:
+            aos = run.data.params["method.name"] == "aos"
+            assert set(files) == JOB_FILES | ({"adversarial_examples.png"} if aos else set())
+
+    report.main(["--tracking-uri", server, "--out", str(tmp_path / "results")])  # reads per_class.csv through the proxy
+    table = (tmp_path / "results" / "smoke.md").read_text()
+    f1 = {run.data.params["method.name"]: [] for run in children}
+    for run in children:
+        f1[run.data.params["method.name"]].append(run.data.metrics["test_f1_macro"])
+    assert all(f"{sum(values) / 2:.2f}" in table for values in f1.values())
+    assert (tmp_path / "results" / "smoke.png").stat().st_size > 10_000
+
+    result = sweep_cli(tmp_path, env, *args)  # the same sweep again: every job is done
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("skipped: this sweep already has a FINISHED run") == 4
+    again = client.search_runs([experiment.experiment_id])
+    assert sorted((run.info.run_id, run.info.status) for run in again) == sorted(
+        (run.info.run_id, "FINISHED") for run in runs)  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], ["dataset=synthetic", "train=smoke"]], ids=["sweep", "run"])
