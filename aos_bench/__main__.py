@@ -17,8 +17,12 @@ def main(cfg: DictConfig) -> float:
     """Run one job and return the metric a sweeper would optimise."""
     from aos_bench.data import UsageError
     from aos_bench.job import run
+    from aos_bench.tracking import require_server, tracking_key, tracking_uri
 
-    interactive = HydraConfig.get().mode == RunMode.RUN and sys.stderr.isatty()
+    single = HydraConfig.get().mode == RunMode.RUN
+    if single:  # a multirun checks the server once, in its launching process (aos_bench.sweep)
+        require_server(tracking_uri(cfg.tracking), tracking_key(cfg.tracking))
+    interactive = single and sys.stderr.isatty()
     try:
         return run(cfg, interactive=interactive)["test_f1_macro"]
     except UsageError as error:

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from aos_bench.tracking import tracking_uri  # noqa: E402
+from aos_bench.tracking import require_server, tracking_uri  # noqa: E402
 
 METRIC = "test_f1_macro"  # the tables' F1, in percent (the paper does not name its average; macro weighs every class alike)
 METHODS = ("base", "ros", "aos")  # the paper's column order
@@ -516,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the files (default: %(default)s)")
     parser.add_argument("--row", help="DATASET,MU of the per-class plot, e.g. mnist,0.9 (default: the largest mu)")
     args = parser.parse_args(argv)
+    require_server(args.tracking_uri, "--tracking-uri")
     try:
         paths = write_report(args.tracking_uri, args.experiment, args.sweep, args.out, args.row)
     except (LookupError, ValueError) as error:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aos_bench.data import ImageData, UsageError, load_data
 
-from aos_bench.tracking import SWEEP_ENV, ensure_experiment, hashed, tracking_uri
+from aos_bench.tracking import SWEEP_ENV, ensure_experiment, hashed, require_server, tracking_key, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,10 @@ class SweepTracking(Callback):
         self.report = report
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check every job, then create the store, the experiment and the parent run, and export the parent's id."""
-        check_jobs(config)
+        """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id."""
         self.uri = tracking_uri(config.tracking)
+        require_server(self.uri, tracking_key(config.tracking))  # first: seconds, where MLflow's retries take minutes
+        check_jobs(config)
         client = mlflow.MlflowClient(self.uri)
         self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))
         os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job

@@ -4,6 +4,11 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
+import ssl
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -15,6 +20,7 @@ ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` ta
 SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_bench.sweep to every job process
 # Keys that say where runs go or how they print, not what they compute: left out of config_hash and of the sweep key.
 NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
+SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before any job starts (MLflow's client retries for minutes)
 
 
 def tracking_uri(cfg: Mapping) -> str:
@@ -24,6 +30,55 @@ def tracking_uri(cfg: Mapping) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path.cwd().resolve() / 'mlruns' / 'mlflow.db'}"
+
+
+def tracking_key(cfg: Mapping) -> str:
+    """Where tracking_uri(cfg) comes from, for error messages: `tracking.uri` or the environment variable."""
+    return "tracking.uri" if cfg.get("uri") else "MLFLOW_TRACKING_URI"
+
+
+def failure_reason(error: BaseException, timeout: float) -> str:
+    """A few words on why a connection failed: connection refused, unknown host, no answer within 5 s, ..."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, socket.gaierror):
+        return "unknown host"
+    if isinstance(error, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return str(getattr(error, "strerror", None) or error)
+
+
+def http_failure(error: urllib.error.HTTPError) -> str | None:
+    """Why an HTTP error means no usable tracking server there (5xx: MLflow's client would retry it for minutes), else None."""
+    if error.code == 403 and error.read(100).startswith(b"Invalid Host header"):  # MLflow 3's DNS-rebinding guard
+        return "HTTP 403: the server's --allowed-hosts does not list this host name"
+    if error.code == 404:
+        return "HTTP 404: no MLflow API at this address"
+    return f"HTTP {error.code} {error.reason}" if error.code >= 500 else None
+
+
+def server_down(uri: str, timeout: float = SERVER_TIMEOUT) -> str | None:
+    """Why the HTTP tracking server at uri does not answer one API request, or None when it does (or uri is a file store)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError as error:  # it answers, perhaps with auth to do (401), which MLflow's client handles
+        return http_failure(error)
+    except OSError as error:  # URLError wraps connect failures in .reason; a read timeout comes bare
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, ssl.SSLError):  # it answers; certificates are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS)
+            return None
+        return failure_reason(reason, timeout) if isinstance(reason, BaseException) else str(reason)
+    return None
+
+
+def require_server(uri: str, key: str) -> None:
+    """Stop with one line and exit code 2 when the tracking server at uri does not answer (key: where uri was set)."""
+    if (reason := server_down(uri)) is not None:
+        print(f"aos_bench: {key}={uri} does not answer ({reason}); start the server or fix the address", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def ensure_experiment(uri: str, name: str) -> str:

@@ -1,0 +1,185 @@
+"""Many machines: a sweep against a real `mlflow server` (REST API and artifact proxy), and a fast stop when it is down."""
+
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import ROOT
+from test_sweep import sweep_cli
+
+from aos_bench import report
+from aos_bench.tracking import server_down
+
+SERVER_START = 120  # seconds `mlflow server` gets to answer (7 s on a quiet 2-core machine)
+JOB_FILES = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}  # every job's artifacts
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A bare environment for the subprocesses, importing aos_bench from this checkout (as an editable install does)."""
+    home = tmp_path_factory.mktemp("home")
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT)}  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 where nothing listens (the OS's pick, released again)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 at a free port, its SQLite store and artifacts under tmp_path/server; its URL."""
+    folder, port = tmp_path / "server", free_port()
+    folder.mkdir()
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+               "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]  # fmt: skip
+    with open(folder / "server.log", "w") as log:
+        # its own process group: the server runs uvicorn in a child process, and both must stop; no GenAI job runner
+        process = subprocess.Popen(command, cwd=folder, env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START
+        while server_down(url, timeout=1) is not None:
+            assert process.poll() is None and time.monotonic() < deadline, (folder / "server.log").read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def run_files(client: mlflow.MlflowClient, run_id: str, folder: Path) -> dict[str, bytes]:
+    """Every artifact of a run, downloaded through the client into folder: {relative path: content}."""
+    root = Path(client.download_artifacts(run_id, "", str(folder)))
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def stored_files(artifacts: Path, run: mlflow.entities.Run) -> dict[str, bytes]:
+    """A run's artifacts as the server keeps them under --artifacts-destination: {relative path: content}."""
+    root = artifacts / run.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def test_parallel_sweep_against_a_tracking_server_loses_nothing_and_resumes(tmp_path, env, server):
+    args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0,1", f"tracking.uri={server}"]
+    result = sweep_cli(tmp_path, env, *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4")
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "mlruns").exists(), "nothing may go to a local store"
+
+    client = mlflow.MlflowClient(server)
+    experiment = client.get_experiment_by_name("aos_bench")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "sweep_key" in run.data.tags]
+    children = [run for run in runs if "sweep_key" not in run.data.tags]
+    assert [run.info.status for run in parents] == ["FINISHED"], "one parent run, closed by the launching process"
+    parent = parents[0]
+    assert len(children) == 4 and {run.info.status for run in children} == {"FINISHED"}
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert sorted((run.data.params["method.name"], run.data.params["seed"]) for run in children) == [
+        ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]  # fmt: skip
+    assert all(set(run.data.metrics) >= {"test_f1_macro", "train_steps", "train_loss"} for run in children)
+
+    # every artifact went through the server's proxy and comes back whole through the client
+    artifacts = tmp_path / "server" / "artifacts"
+    for run in [*children, parent]:
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+        files = run_files(client, run.info.run_id, tmp_path / "downloads" / run.info.run_id)
+        assert files == stored_files(artifacts, run) and all(files.values())
+        if run is parent:  # the report the launching process wrote into the sweep dir, file for file
+            assert files == {f"report/{path.name}": path.read_bytes() for path in (tmp_path / "multirun").glob("smoke*")}
+            assert {"report/smoke.md", "report/smoke.csv", "report/smoke.png"} <= set(files)
+        else:
+            aos = run.data.params["method.name"] == "aos"
+            assert set(files) == JOB_FILES | ({"adversarial_examples.png"} if aos else set())
+
+    report.main(["--tracking-uri", server, "--out", str(tmp_path / "results")])  # reads per_class.csv through the proxy
+    table = (tmp_path / "results" / "smoke.md").read_text()
+    f1 = {run.data.params["method.name"]: [] for run in children}
+    for run in children:
+        f1[run.data.params["method.name"]].append(run.data.metrics["test_f1_macro"])
+    assert all(f"{sum(values) / 2:.2f}" in table for values in f1.values())
+    assert (tmp_path / "results" / "smoke.png").stat().st_size > 10_000
+
+    result = sweep_cli(tmp_path, env, *args)  # the same sweep again: every job is done
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("skipped: this sweep already has a FINISHED run") == 4
+    again = client.search_runs([experiment.experiment_id])
+    assert sorted((run.info.run_id, run.info.status) for run in again) == sorted(
+        (run.info.run_id, "FINISHED") for run in runs)  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], ["dataset=synthetic", "train=smoke"]], ids=["sweep", "run"])
+def test_unreachable_server_stops_before_any_job_with_one_line(tmp_path, env, mode):
+    uri = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "aos_bench", *mode, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun"]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    line = f"aos_bench: tracking.uri={uri} does not answer (connection refused); start the server or fix the address"
+    assert result.stderr.strip().splitlines()[-1] == line, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "mlruns").exists()
+    assert seconds < 60, f"{seconds:.0f} s: imports take 5-12 s here; MLflow's own retries would take minutes"
+
+
+def test_report_stops_at_an_unreachable_server(capsys):
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as stop:
+        report.main(["--tracking-uri", uri])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"aos_bench: --tracking-uri={uri} does not answer (connection refused)")
+
+
+class Replies(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the status and body that the request path names: /<status>/<body>/..."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        _, status, body = self.path.split("/", 3)[:3]
+        self.send_response(int(status))
+        self.end_headers()
+        self.wfile.write(body.replace("_", " ").encode())
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture(scope="module")
+def replies() -> Iterator[str]:
+    """The URL of a local HTTP server that answers with any status: Replies."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Replies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_server_down_says_why_in_a_few_words(replies):
+    assert server_down(f"http://127.0.0.1:{free_port()}") == "connection refused"
+    assert server_down("http://no-such-host.invalid:5000") == "unknown host"
+    assert server_down(f"{replies}/503/busy") == "HTTP 503 Service Unavailable"  # MLflow's client retries these
+    assert server_down(f"{replies}/404/x") == "HTTP 404: no MLflow API at this address"
+    assert server_down(f"{replies}/403/Invalid_Host_header") == "HTTP 403: the server's --allowed-hosts does not list this host name"
+    assert server_down(f"{replies}/200/{{}}") is None
+    assert server_down(f"{replies}/401/login") is None  # answers: credentials are MLflow's business
+    assert server_down(f"{replies}/403/no") is None
+    assert server_down("sqlite:////nowhere/mlflow.db") is None and server_down("file:///nowhere") is None
+
+    with socket.socket() as silent:  # accepts connections (the kernel does) but never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        start = time.monotonic()
+        assert server_down(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5) == "no answer within 0.5 s"
+        assert time.monotonic() - start < 5
