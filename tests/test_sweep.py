@@ -165,6 +165,18 @@ def test_report_refuses_a_sweep_that_mixes_two_recipes(tmp_path, empty_store):
         report.write_report(uri, "aos_bench", sweep, tmp_path / "results")
 
 
+def test_report_joins_sweeps_of_one_preset_into_one_table(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    first = one_sweep(uri, [(m, 0.3, 0, 90.0, "paper", ("a", "b")) for m in report.METHODS])
+    second = one_sweep(uri, [(m, 0.9, 0, 70.0, "paper", ("a", "b")) for m in report.METHODS])
+    paths = report.write_report(uri, "aos_bench", f"{first},{second}", tmp_path / "results")
+    table = pd.read_csv(paths[1]).dropna(subset=["mean"])
+    assert sorted(set(table["mu"])) == [0.3, 0.9] and len(table) == 6
+    assert first in paths[0].read_text() and second in paths[0].read_text()
+    with pytest.raises(ValueError, match="several runs"):  # the same runs twice are not a bigger table
+        report.write_report(uri, "aos_bench", f"{first},{first}", tmp_path / "twice")
+
+
 def test_report_figure_stars_the_minority_digits(tmp_path, empty_store):
     uri = copy_store(empty_store, tmp_path)
     digits = tuple(str(d) for d in range(10))  # class names that pandas would read back as integers
