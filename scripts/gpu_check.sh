@@ -73,8 +73,15 @@ install() {
   ((dry_run)) || [[ -n $wheels ]] || source=()  # a real run without --wheels installs from the package index
   local dry=()
   ((dry_run)) && dry=(--dry-run)
-  "$py" -m pip install "${dry[@]}" "${source[@]}" -c "$work/installed.txt" -r scripts/gpu_requirements.txt \
-    | { grep -v '^Requirement already satisfied' || true; } || return
+  # Should a wheel need a newer version of a small package the node has (certifi, say), pin only the GPU stack.
+  grep -iE '^(torch|triton|numpy|nvidia|cuda)' "$work/installed.txt" >"$work/gpu_stack.txt"
+  local pins
+  for pins in installed gpu_stack; do
+    "$py" -m pip install "${dry[@]}" "${source[@]}" -c "$work/$pins.txt" -r scripts/gpu_requirements.txt \
+      | { grep -v '^Requirement already satisfied' || true; } && break
+    [[ $pins == gpu_stack ]] && return 1
+    echo "pip cannot add the missing packages without replacing one: again, with only torch*, triton, numpy, nvidia*, cuda* pinned"
+  done
   # The project itself without its dependencies: the node logs with mlflow-skinny, not mlflow (gpu_requirements.txt).
   "$py" -m pip install "${dry[@]}" --no-index --no-deps --no-build-isolation -e . || return
   if ((dry_run)) && [[ -n $wheels ]]; then
@@ -86,7 +93,7 @@ install() {
       --report "$work/fresh.json" -r scripts/gpu_requirements.txt | tail -1 || return
     if grep -q '"name": "torch"' "$work/fresh.json"; then echo "a fresh install would pull torch"; return 1; fi
   fi
-  "$py" -c 'import hydra, omegaconf, mlflow, sqlalchemy, alembic, hydra_plugins.hydra_joblib_launcher, aos_bench.job; print("imports: ok")'
+  "$py" -c 'import hydra, omegaconf, mlflow, sqlalchemy, alembic, hydra_plugins.hydra_joblib_launcher; print("imports: ok")'
 }
 say "2/6 install the project without network$( ((dry_run)) && echo ' (pip --dry-run)')"
 step install
@@ -114,25 +121,26 @@ grid=(-m aos_bench -m experiment=table2 dataset=mnist hydra/launcher=joblib "hyd
 ((dry_run)) && grid+=(train=smoke seed=0 imbalance.mu=0.3 method=aos)  # 1 job of 6 steps instead of 30 full ones
 grid_section() {
   # The grid's wall time and finished jobs, as a section of the bench file (replaced on a rerun).
-  "$py" - "$bench_file" "$1" "$work/mlruns/mlflow.db" "$device" "$jobs" "$GRID_GOAL" "python ${grid[*]}" <<'EOF'
+  local card="the CPU (dry run: 1 job of train=smoke)"
+  ((dry_run)) || card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  "$py" - "$bench_file" "$1" "$work/mlruns/mlflow.db" "$card" "$dry_run" "$jobs" "$GRID_GOAL" "python ${grid[*]}" <<'EOF'
 import sqlite3, sys
-import torch
-sys.path.insert(0, "scripts")
-from bench import write_section
-path, seconds, db, device, jobs, goal, command = sys.argv[1:]
+from pathlib import Path
+path, seconds, db, card, dry_run, jobs, goal, command = sys.argv[1:]
 with sqlite3.connect(db) as store:  # job runs carry a config_hash tag; the sweep's parent run does not
     status = dict(store.execute("SELECT r.status, COUNT(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'config_hash' GROUP BY r.status"))
-card = torch.cuda.get_device_name() if device == "cuda" else "the CPU (dry run: 1 job of train=smoke)"
-jobs_run = sum(status.values())
 met = float(seconds) <= float(goal) and status.get("FINISHED") == 30
-verdict = f"; goal <= {goal} s for 30 jobs: {'met' if met else 'NOT met'}" if device == "cuda" else ""
+verdict = "" if dry_run == "1" else f"; goal <= {goal} s for 30 jobs: {'met' if met else 'NOT met'}"
+begin, end = "<!-- gpu_check.sh table2 mnist grid begin -->", "<!-- gpu_check.sh table2 mnist grid end -->"
 text = "\n".join([
-    f"## Table 2, MNIST half, on {card}: {jobs_run} jobs, {jobs} at a time",
-    "", f"`{command}`", "",
-    f"- wall time {float(seconds):.1f} s for {jobs_run} jobs ({', '.join(f'{n} {s}' for s, n in sorted(status.items()))}){verdict}",
-    "",
+    begin, f"## Table 2, MNIST half, on {card}: {sum(status.values())} jobs, {jobs} at a time", "", f"`{command}`", "",
+    f"- wall time {float(seconds):.1f} s for {sum(status.values())} jobs "
+    f"({', '.join(f'{n} {s}' for s, n in sorted(status.items()))}){verdict}", end, "",
 ])
-write_section(__import__("pathlib").Path(path), "table2 mnist grid", text)
+old = Path(path).read_text() if Path(path).exists() else ""
+if begin in old and end in old:
+    old = old[: old.index(begin)] + old[old.index(end) + len(end) + 1 :]
+Path(path).write_text(old + ("" if old.endswith("\n\n") or not old else "\n") + text)
 print(text)
 EOF
 }
