@@ -56,3 +56,17 @@ def test_data_without_mnist_stops_it_with_one_line_naming_the_files(tmp_path):
     result = gpu_check(tmp_path, "--dry-run", "out", data=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"aos_bench: AOS_DATA_DIR={tmp_path}: allowed: a folder whose MNIST/raw holds")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "arm"], "aos_bench: --arch=arm: allowed: x86_64, aarch64"),
+        (["--python-version", "12"], "aos_bench: --python-version=12: allowed: 3.N, e.g. 3.12"),
+    ],
+)
+def test_wheel_helper_rejects_a_bad_target_with_one_line(tmp_path, args, message):
+    command = ["bash", str(ROOT / "scripts" / "gpu_wheels.sh"), str(tmp_path / "wheels"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr == message + "\n"
+    assert not (tmp_path / "wheels").exists()
