@@ -3,7 +3,7 @@
 # as binary wheels for the GPU node's Python and platform (pip download; run it where PyPI can be reached).
 #   scripts/gpu_wheels.sh /work/gpu-wheels                         # CPython 3.12 on manylinux x86_64
 #   scripts/gpu_wheels.sh DIR --python-version 3.11 --arch aarch64
-# mlflow-skinny is pinned to the mlflow installed here (when there is one), so this machine opens the store the node writes.
+# mlflow-skinny is pinned to the one installed here (the full mlflow brings it), so this machine opens the store the node writes.
 set -euo pipefail
 
 usage() { echo "usage: scripts/gpu_wheels.sh DIR [--python-version X.Y] [--arch x86_64|aarch64]" >&2; exit 2; }
