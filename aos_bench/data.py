@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -92,7 +94,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
-    """MNIST from torchvision's layout <data_dir>/MNIST/raw, downloading there if asked."""
+    """MNIST from torchvision's layout <data_dir>/MNIST/raw (IDX files, plain or gzipped), downloading there if asked."""
+    raw = data_dir / "MNIST" / "raw"
+    plain = all((raw / name).is_file() for name in MNIST_FILES)
+    if not plain and all((raw / f"{name}.gz").is_file() for name in MNIST_FILES):
+        return _mnist_from_gzip(raw)
     download = _bool_option(dataset, "download")
     try:
         train = torchvision.datasets.MNIST(root=data_dir, train=True, download=download)
@@ -101,7 +107,7 @@ def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     except (RuntimeError, OSError) as error:
         reason = f" (download failed: {_one_line(error)})" if download else ""
         raise UsageError(
-            f"MNIST not found in {data_dir / 'MNIST' / 'raw'}{reason}: expected {', '.join(MNIST_FILES)}; "
+            f"MNIST not found in {raw}{reason}: expected {', '.join(MNIST_FILES)} (or each with .gz); "
             "set data_dir (or AOS_DATA_DIR) to the folder that holds MNIST/raw, "
             "or set dataset.download=true on a machine with internet access"
         ) from error
@@ -113,6 +119,36 @@ def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
         # torchvision names them "0 - zero" etc.; plain digits read better in reports.
         classes=[str(i) for i in range(10)],
     )
+
+
+def _mnist_from_gzip(raw: Path) -> ImageData:
+    """MNIST from its four gzip-compressed IDX files (the form in which it is published), without unpacking them."""
+    train_x, train_y, test_x, test_y = (_read_idx_gz(raw / f"{name}.gz") for name in MNIST_FILES)
+    return ImageData(
+        train_x=train_x.unsqueeze(1),
+        train_y=train_y.long(),
+        test_x=test_x.unsqueeze(1),
+        test_y=test_y.long(),
+        classes=[str(i) for i in range(10)],
+    )
+
+
+def _read_idx_gz(path: Path) -> torch.Tensor:
+    """One gzip-compressed IDX file of unsigned bytes as a uint8 tensor of the shape its header gives."""
+    try:
+        with gzip.open(path, "rb") as file:
+            content = file.read()
+    except (OSError, EOFError) as error:  # not gzip (BadGzipFile is an OSError) or cut short
+        raise UsageError(f"cannot read {path}: {_one_line(error)}") from error
+    # Header: two zero bytes, type 0x08 (unsigned byte), the number of dimensions, then each size as a big-endian int32.
+    if len(content) < 4 or content[:3] != b"\x00\x00\x08":
+        raise UsageError(f"{path} is not an IDX file of unsigned bytes (MNIST's format)")
+    ndim = content[3]
+    shape = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    pixels = content[4 + 4 * ndim :]
+    if len(pixels) != math.prod(shape):
+        raise UsageError(f"{path}: its header gives shape {shape}, but it holds {len(pixels)} values")
+    return torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(shape)
 
 
 def _load_cifar10(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:

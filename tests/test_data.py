@@ -1,7 +1,9 @@
 """Tests of aos_bench.data: real datasets where present, small generated image folders otherwise."""
 
+import gzip
 import os
 import pickle
+import shutil
 from pathlib import Path
 from urllib.error import URLError
 
@@ -302,6 +304,44 @@ def test_mnist(tmp_path: Path) -> None:
     assert images.train_x.dtype == torch.uint8 and images.train_y.dtype == torch.int64
     assert class_counts(images.train_y) == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert images.classes == [str(i) for i in range(10)]
+
+
+@needs("MNIST")
+def test_mnist_from_gzipped_idx_files_equals_mnist_from_plain_ones(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.MNIST_FILES:  # gzipped as published: only the .gz files, no plain copy beside them
+        with open(DATA / "MNIST" / "raw" / name, "rb") as source, gzip.open(raw / f"{name}.gz", "wb", compresslevel=1) as target:
+            shutil.copyfileobj(source, target)
+    mnist = OmegaConf.create({"name": "mnist", "download": False})
+    packed, plain = load_data(mnist, tmp_path / "data", tmp_path), load_data(mnist, DATA, tmp_path)
+    for key in ("train_x", "train_y", "test_x", "test_y"):
+        assert getattr(packed, key).dtype == getattr(plain, key).dtype
+        assert torch.equal(getattr(packed, key), getattr(plain, key)), key
+    assert packed.classes == plain.classes
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab", "is not an IDX file of unsigned bytes"), (b"\x00\x00\x08\x01\x00\x00\x00\x03ab", "holds 2 values")],
+)
+def test_bad_gzipped_idx_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.MNIST_FILES:
+        (raw / f"{name}.gz").write_bytes(gzip.compress(content))
+    with pytest.raises(UsageError) as error:
+        load_data(OmegaConf.create({"name": "mnist", "download": False}), tmp_path, tmp_path)
+    assert message in str(error.value) and "train-images-idx3-ubyte.gz" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_file_that_is_not_gzip_is_one_line_naming_it(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.MNIST_FILES:
+        (raw / f"{name}.gz").write_bytes(b"plain bytes")
+    with pytest.raises(UsageError, match="cannot read .*train-images-idx3-ubyte.gz"):
+        load_data(OmegaConf.create({"name": "mnist", "download": False}), tmp_path, tmp_path)
 
 
 @needs("cifar10")

@@ -86,7 +86,7 @@ def test_aos_picks_the_same_images_for_a_seed():
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_on_the_gpu_aos_attacks_a_fraction_p_of_minority_images_and_stays_in_range():
     steps, p = synthetic_aos(0, "cuda"), make_config("method=aos").method.p
     attacked, minority = sum(len(s["clean"]) for s in steps), sum(s["minority"] for s in steps)
