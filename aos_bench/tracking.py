@@ -30,6 +30,7 @@ def sigterm_raises() -> Iterator[list[int]]:
     received: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
+        """Remember the signal and raise where the job is."""
         received.append(signum)
         raise Terminated(f"stopped by {signal.Signals(signum).name} (scancel, a preemption or a time limit)")
 

@@ -48,8 +48,8 @@ def sweep(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Complet
     return subprocess.run(command(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
-def stored(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(parent runs, child runs) of the store under tmp_path/store."""
+def stored() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(parent runs, child runs) of the store the test's sweeps write (set by store_uri)."""
     table = mlflow.search_runs(experiment_names=["aos_bench"])
     is_parent = table["tags.sweep_key"].notna()
     return table[is_parent], table[~is_parent]
@@ -65,7 +65,7 @@ def test_four_job_sweep_nests_every_run_under_one_parent_and_writes_the_report(t
     args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0,1"]
     result = sweep(tmp_path, env, *args)
     assert result.returncode == 0, result.stderr
-    parents, children = stored(tmp_path)
+    parents, children = stored()
     assert parents["status"].tolist() == ["FINISHED"]
     assert len(children) == 4 and (children["status"] == "FINISHED").all()
     assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
@@ -77,14 +77,16 @@ def test_four_job_sweep_nests_every_run_under_one_parent_and_writes_the_report(t
     assert "| synthetic | 0.3 | 20 |" in (tmp_path / "multirun" / "smoke.md").read_text()
 
 
-def wait_for_epoch(seed: str, timeout_s: float) -> None:
+def wait_for_epoch(launcher: subprocess.Popen, seed: str, timeout_s: float) -> None:
     """Wait until the run of this seed is RUNNING and has logged its first epoch's train_loss."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         time.sleep(0.5)
+        assert launcher.poll() is None, "the sweep ended before its job ran: see launcher.log"
         if mlflow.get_experiment_by_name("aos_bench") is None:  # the launcher creates it
             continue
-        runs = mlflow.search_runs(experiment_names=["aos_bench"], filter_string=f"params.seed = '{seed}' and attributes.status = 'RUNNING'")
+        running = f"params.seed = '{seed}' and attributes.status = 'RUNNING'"
+        runs = mlflow.search_runs(experiment_names=["aos_bench"], filter_string=running)
         if "metrics.train_loss" in runs and runs["metrics.train_loss"].notna().any():
             return
     raise AssertionError(f"no RUNNING run of seed {seed} logged an epoch within {timeout_s} s")
@@ -98,16 +100,17 @@ def array_task(index: int, env: dict[str, str]) -> str:
 
 def test_cancelled_job_ends_killed_and_the_same_command_reruns_only_it(tmp_path, env):
     mlflow.search_experiments()  # the store's tables, made now: this process polls it while the launcher writes it
-    launcher = subprocess.Popen(command(tmp_path, *LONG, "seed=0,1"), cwd=tmp_path, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    log = tmp_path / "launcher.log"
+    with log.open("w") as out:
+        launcher = subprocess.Popen(command(tmp_path, *LONG, "seed=0,1"), cwd=tmp_path, env=env, stdout=out, stderr=out)
     try:
-        wait_for_epoch("1", timeout_s=120)
+        wait_for_epoch(launcher, "1", timeout_s=120)
         subprocess.run(["scancel", array_task(1, env)], env=env, check=True)  # as a preemption or time limit would
-        output, _ = launcher.communicate(timeout=180)
+        launcher.wait(timeout=180)
     finally:
         launcher.kill()
-    assert launcher.returncode != 0, output
-    parents, children = stored(tmp_path)
+    assert launcher.returncode != 0, log.read_text()
+    parents, children = stored()
     assert parents["status"].tolist() == ["FAILED"] and "resumes" in parents["tags.error"].iloc[0]
     status = children.set_index("params.seed")["status"]
     assert status["0"] == "FINISHED" and status["1"] == "KILLED"
@@ -116,7 +119,7 @@ def test_cancelled_job_ends_killed_and_the_same_command_reruns_only_it(tmp_path,
 
     result = sweep(tmp_path, env, *LONG, "seed=0,1")
     assert result.returncode == 0, result.stderr
-    parents_after, children_after = stored(tmp_path)
+    parents_after, children_after = stored()
     assert parents_after[["run_id", "status"]].values.tolist() == [[parents["run_id"].iloc[0], "FINISHED"]]
     new = children_after[~children_after["run_id"].isin(children["run_id"])]
     assert new[["params.seed", "status"]].values.tolist() == [["1", "FINISHED"]], "only the cancelled job ran again"
@@ -131,7 +134,7 @@ def test_jobs_find_the_data_through_data_dir_and_the_store_through_tracking_uri(
             "data_dir=images", f"cache_dir={tmp_path}/cache"]  # fmt: skip
     result = sweep(tmp_path, env, *args)  # data_dir relative to where the command starts, as on a login node
     assert result.returncode == 0, result.stderr
-    parents, children = stored(tmp_path)
+    parents, children = stored()
     assert children[["status", "params.data_dir"]].values.tolist() == [["FINISHED", "images"]]
     counts = json.loads(mlflow.artifacts.load_text(f"runs:/{children['run_id'].iloc[0]}/class_counts.json"))
     assert counts["classes"] == classes and counts["imbalanced"] == [8, 8, 8]
