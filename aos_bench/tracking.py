@@ -4,9 +4,11 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import ssl
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -21,6 +23,31 @@ SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_
 # Keys that say where runs go or how they print, not what they compute: left out of config_hash and of the sweep key.
 NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
 SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before any job starts (MLflow's client retries for minutes)
+
+
+class Terminated(Exception):
+    """SIGTERM during a run: scancel, a preemption or a time limit. An Exception, so that the launcher gets the job back."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[list[int]]:
+    """Within the block, SIGTERM raises Terminated (SLURM's and submitit's default would leave the run RUNNING);
+    yields the signals received, since code the exception passes through (MLflow's) may wrap it in another."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        """Remember the signal and raise where the job is."""
+        received.append(signum)
+        raise Terminated(f"stopped by {signal.Signals(signum).name} (scancel, a preemption or a time limit)")
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def tracking_uri(cfg: Mapping) -> str:
@@ -142,14 +169,15 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
 
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """One MLflow run for one job, in a multirun nested under its sweep's; ends FINISHED, or FAILED with the `error` tag."""
+    """One MLflow run for one job, in a multirun nested under its sweep's; ends FINISHED, or FAILED (KILLED when
+    interrupted or sent SIGTERM) with the `error` tag."""
     experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(cfg, tags)) as run:
+    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(cfg, tags)) as run, sigterm_raises() as received:
         try:
             mlflow.log_params(flat_params(cfg))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
             yield run
         except BaseException as error:
             mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
-            mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+            mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) or received else "FAILED")
             raise

@@ -1,6 +1,9 @@
 """Shared test helpers: where the real datasets are, and the project's real config, composed and shrunk."""
 
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 # A relative AOS_DATA_DIR is taken from the project root, like the default ../shared/data.
 DATA = (ROOT / os.environ.get("AOS_DATA_DIR", "../shared/data")).resolve()
+LOCAL_SLURM = ROOT / "scripts" / "local_slurm.sh"
 
 
 def needs(folder: str) -> pytest.MarkDecorator:
@@ -34,3 +38,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def local_slurm(command: str) -> subprocess.CompletedProcess:
+    """`scripts/local_slurm.sh COMMAND`, its output captured."""
+    return subprocess.run([str(LOCAL_SLURM), command], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[dict[str, str]]:
+    """A running one-node SLURM cluster (scripts/local_slurm.sh): yields the environment its clients need.
+
+    Reuses a cluster the script already started; otherwise starts one and stops it after the tests. Skips where it
+    cannot start one: without root, or without the slurm-wlm and munge packages (`scripts/local_slurm.sh install`).
+    """
+    conf = Path(os.environ.get("AOS_SLURM_DIR", "/var/tmp/aos_slurm")) / "slurm.conf"
+    started = local_slurm("status").returncode != 0
+    if started:
+        if os.geteuid() != 0:
+            pytest.skip("starting slurmctld and slurmd needs root (or start scripts/local_slurm.sh as root first)")
+        missing = [name for name in ("slurmctld", "slurmd", "munged") if not shutil.which(name, path="/usr/sbin:/usr/bin")]
+        if missing:
+            pytest.skip(f"{', '.join(missing)} not installed: run `scripts/local_slurm.sh install` as root")
+        result = local_slurm("start")
+        assert result.returncode == 0, f"scripts/local_slurm.sh start failed:\n{result.stdout}{result.stderr}"
+    yield {"SLURM_CONF": str(conf)}
+    subprocess.run(["scancel", "--full", f"--user={os.geteuid()}"], env={**os.environ, "SLURM_CONF": str(conf)})
+    if started:
+        local_slurm("stop")

@@ -1,5 +1,7 @@
 """End to end: the real entry point, configs and MLflow store, on the synthetic dataset (and MNIST where present)."""
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ import pytest
 from conftest import DATA, ROOT, make_config, needs
 
 from aos_bench import job
+from aos_bench.tracking import Terminated
 
 ARTIFACTS = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}
 METRICS = ["test_f1_macro", "test_f1_weighted", "test_accuracy", "test_balanced_accuracy", "test_gmean"]
@@ -103,6 +106,22 @@ def test_a_run_that_raises_ends_failed_with_the_error(tmp_path, monkeypatch):
     table = mlflow.search_runs(experiment_names=["aos_bench"])
     assert table["status"].tolist() == ["FAILED"]
     assert table["tags.error"].iloc[0] == "RuntimeError: evaluation broke"
+
+
+def test_a_run_sent_sigterm_ends_killed_and_the_handler_is_restored(tmp_path, monkeypatch):
+    def cancelled(*args, **kwargs):  # scancel, a preemption or a time limit, in the middle of the job
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(job, "predict", cancelled)
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = make_config("dataset=synthetic", "train=smoke", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(Terminated):
+        job.run(cfg)
+    assert signal.getsignal(signal.SIGTERM) is before
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    table = mlflow.search_runs(experiment_names=["aos_bench"])
+    assert table["status"].tolist() == ["KILLED"]
+    assert "stopped by SIGTERM" in table["tags.error"].iloc[0]
 
 
 @needs("MNIST")

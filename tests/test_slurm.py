@@ -1,0 +1,141 @@
+"""Sweeps on a real SLURM controller through hydra/launcher=submitit_slurm: nesting, the report, a cancelled job, resume.
+
+Run with `python -m pytest -m slurm` as root; the slurm_cluster fixture starts a one-node cluster
+(scripts/local_slurm.sh) and skips, with the reason, where it cannot.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import ROOT
+from test_data import write_image_folder
+
+pytestmark = [
+    pytest.mark.slurm,
+    # torchvision 0.29 deprecates write_png (used here to make PNGs) on every call
+    pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning"),
+]
+
+SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=2"]  # fmt: skip
+# a job that trains long enough to be cancelled mid-run: 80 epochs of 63 steps, about 7 s on a quiet CPU core
+LONG = ["dataset=synthetic", "train=smoke", "method=base", "train.max_steps=null", "train.epochs=80"]
+
+
+@pytest.fixture
+def env(slurm_cluster: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """A bare environment for the launching process, which sbatch passes on to the jobs: this checkout's package,
+    the cluster's SLURM_CONF, one torch thread per job; no AOS_DATA_DIR or MLFLOW_TRACKING_URI."""
+    home = tmp_path / "home"
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"),
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **slurm_cluster}  # fmt: skip
+
+
+def command(tmp_path: Path, *args: str) -> list[str]:
+    """`python -m aos_bench -m ARGS` on SLURM, with the store given by tracking.uri and the sweep dir under tmp_path."""
+    store = f"tracking.uri=sqlite:///{tmp_path}/store/mlflow.db"
+    return [sys.executable, "-m", "aos_bench", "-m", *args, *SLURM, store, f"hydra.sweep.dir={tmp_path}/multirun"]
+
+
+def sweep(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """Run the sweep to its end from tmp_path."""
+    return subprocess.run(command(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def stored() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(parent runs, child runs) of the store the test's sweeps write (set by store_uri)."""
+    table = mlflow.search_runs(experiment_names=["aos_bench"])
+    is_parent = table["tags.sweep_key"].notna()
+    return table[is_parent], table[~is_parent]
+
+
+@pytest.fixture(autouse=True)
+def store_uri(tmp_path: Path) -> None:
+    """Point this process's MLflow at the store the sweep writes."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/store/mlflow.db")
+
+
+def test_four_job_sweep_nests_every_run_under_one_parent_and_writes_the_report(tmp_path, env):
+    args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0,1"]
+    result = sweep(tmp_path, env, *args)
+    assert result.returncode == 0, result.stderr
+    parents, children = stored()
+    assert parents["status"].tolist() == ["FINISHED"]
+    assert len(children) == 4 and (children["status"] == "FINISHED").all()
+    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    assert sorted(zip(children["params.method.name"], children["params.seed"])) == [
+        ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]  # fmt: skip
+    assert len(list((tmp_path / "multirun" / ".submitit").glob("*_[0-3]/*_result.pkl"))) == 4  # four SLURM array tasks
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents["run_id"].iloc[0], "report")}
+    assert artifacts == {"report/smoke.md", "report/smoke.csv", "report/smoke.png"}
+    assert "| synthetic | 0.3 | 20 |" in (tmp_path / "multirun" / "smoke.md").read_text()
+
+
+def wait_for_epoch(launcher: subprocess.Popen, seed: str, timeout_s: float) -> None:
+    """Wait until the run of this seed is RUNNING and has logged its first epoch's train_loss."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        assert launcher.poll() is None, "the sweep ended before its job ran: see launcher.log"
+        if mlflow.get_experiment_by_name("aos_bench") is None:  # the launcher creates it
+            continue
+        running = f"params.seed = '{seed}' and attributes.status = 'RUNNING'"
+        runs = mlflow.search_runs(experiment_names=["aos_bench"], filter_string=running)
+        if "metrics.train_loss" in runs and runs["metrics.train_loss"].notna().any():
+            return
+    raise AssertionError(f"no RUNNING run of seed {seed} logged an epoch within {timeout_s} s")
+
+
+def array_task(index: int, env: dict[str, str]) -> str:
+    """The SLURM id (<array>_<index>) of the sweep's job number `index`."""
+    ids = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, check=True).stdout
+    return next(job for job in ids.split() if job.endswith(f"_{index}"))
+
+
+def test_cancelled_job_ends_killed_and_the_same_command_reruns_only_it(tmp_path, env):
+    mlflow.search_experiments()  # the store's tables, made now: this process polls it while the launcher writes it
+    log = tmp_path / "launcher.log"
+    with log.open("w") as out:
+        launcher = subprocess.Popen(command(tmp_path, *LONG, "seed=0,1"), cwd=tmp_path, env=env, stdout=out, stderr=out)
+    try:
+        wait_for_epoch(launcher, "1", timeout_s=120)
+        subprocess.run(["scancel", array_task(1, env)], env=env, check=True)  # as a preemption or time limit would
+        launcher.wait(timeout=180)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0, log.read_text()
+    parents, children = stored()
+    assert parents["status"].tolist() == ["FAILED"] and "resumes" in parents["tags.error"].iloc[0]
+    status = children.set_index("params.seed")["status"]
+    assert status["0"] == "FINISHED" and status["1"] == "KILLED"
+    killed = children.set_index("params.seed").loc["1"]
+    assert killed["metrics.train_loss"] > 0 and pd.isna(killed.get("metrics.test_f1_macro"))  # stopped mid-training
+
+    result = sweep(tmp_path, env, *LONG, "seed=0,1")
+    assert result.returncode == 0, result.stderr
+    parents_after, children_after = stored()
+    assert parents_after[["run_id", "status"]].values.tolist() == [[parents["run_id"].iloc[0], "FINISHED"]]
+    new = children_after[~children_after["run_id"].isin(children["run_id"])]
+    assert new[["params.seed", "status"]].values.tolist() == [["1", "FINISHED"]], "only the cancelled job ran again"
+    assert set(children_after["run_id"]) - set(new["run_id"]) == set(children["run_id"])  # nothing lost
+
+
+def test_jobs_find_the_data_through_data_dir_and_the_store_through_tracking_uri(tmp_path, env):
+    classes = ["buildings", "forest", "sea"]
+    write_image_folder(tmp_path / "images" / "intel" / "seg_train", classes, 8, 24, 24)
+    write_image_folder(tmp_path / "images" / "intel" / "seg_test", classes, 4, 24, 24)
+    args = ["dataset=intel", "dataset.image_size=16", "imbalance=none", "method=base", "train=smoke", "seed=0",
+            "data_dir=images", f"cache_dir={tmp_path}/cache"]  # fmt: skip
+    result = sweep(tmp_path, env, *args)  # data_dir relative to where the command starts, as on a login node
+    assert result.returncode == 0, result.stderr
+    parents, children = stored()
+    assert children[["status", "params.data_dir"]].values.tolist() == [["FINISHED", "images"]]
+    counts = json.loads(mlflow.artifacts.load_text(f"runs:/{children['run_id'].iloc[0]}/class_counts.json"))
+    assert counts["classes"] == classes and counts["imbalanced"] == [8, 8, 8]
+    assert not (tmp_path / "mlruns").exists(), "the store is the one tracking.uri names"
