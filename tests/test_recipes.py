@@ -24,8 +24,8 @@ def test_recipe_sets_model_augmentation_epochs_and_lr(recipe, dataset):
     cfg = make_config(f"dataset={dataset}", f"recipe={recipe}")
     spec = recipe_file(recipe, dataset)
     (model,) = [entry["/model"] for entry in spec["defaults"]]
-    expected_model = yaml.safe_load((ROOT / "conf" / "model" / f"{model}.yaml").read_text())
-    assert OmegaConf.to_container(cfg.model) == expected_model
+    expected_model = yaml.safe_load((ROOT / "conf" / "model" / f"{model}.yaml").read_text()) | spec.get("model", {})
+    assert OmegaConf.to_container(cfg.model) == expected_model  # the model file, with the recipe's own changes
     assert OmegaConf.to_container(cfg.dataset.augment) == spec["dataset"]["augment"]
     assert cfg.train.epochs == spec["train"]["epochs"] and cfg.train.lr == spec["train"]["lr"]
     assert cfg.recipe.name == recipe
