@@ -59,7 +59,8 @@ def against_reference(runs: pd.DataFrame) -> pd.DataFrame:
             both = by_seed.reindex(columns=[method, REFERENCE]).dropna()
             diffs = (both[method] - both[REFERENCE]).to_numpy()
             mean = diffs.mean() if len(diffs) else np.nan
-            lines.append({**dict(zip(STUDY_ROW, key)), "method": method, "minus_aos": mean, "p_vs_aos": sign_flip_p(diffs), "pairs": len(diffs)})
+            test = {"method": method, "minus_aos": mean, "p_vs_aos": sign_flip_p(diffs), "pairs": len(diffs)}
+            lines.append({**dict(zip(STUDY_ROW, key)), **test})
     return pd.DataFrame(lines, columns=[*STUDY_ROW, "method", "minus_aos", "p_vs_aos", "pairs"])
 
 
@@ -219,9 +220,11 @@ def write_sensitivity(name: str, parents: Sequence[mlflow.entities.Run], runs: p
     wide = texts.pivot(index="p", columns="eps", values="text").fillna("")
     wide.columns = [f"eps={e:g}" + (" (paper)" if marked is not None and np.isclose(e, marked) else "") for e in wide.columns]
     best = cells.loc[cells["mean"].idxmax()]
+    fewest, most = cells["seeds"].min(), cells["seeds"].max()
+    seeds = f"{most} seeds" if fewest == most else f"{fewest} to {most} seeds (a cell with fewer did not finish them all)"
     paper_line = f"the paper's eps = {marked:g} (it gives no p)" if marked is not None else "no paper eps for this row"
     text = f"""{header(name, f"AOS test macro-F1 (%) over eps x p, {study_row_label(*row)}", parents, runs)}
-- cells: mean ± std over {cells['seeds'].min()} to {cells['seeds'].max()} seeds; eps = FGSM step in [0, 1] pixel units,
+- cells: mean ± std over {seeds}; eps = FGSM step in [0, 1] pixel units,
   p = probability that a minority image of a batch is attacked; marked: {paper_line}.
 
 {markdown_table(wide.reset_index().assign(p=lambda f: fmt("g", f["p"])))}

@@ -79,7 +79,8 @@ def test_sensitivity_report_is_a_heatmap_with_the_papers_eps_marked(tmp_path, st
     assert len(cells) == 6 and cells.loc[(0.1, 1.0), "mean"] == pytest.approx(70.5) and (cells["seeds"] == 2).all()
     text = paths[0].read_text()
     assert "| p | eps=0.05 | eps=0.1 (paper) | eps=0.2 |" in text and "Best cell: eps = 0.2, p = 1" in text
-    figure = studies.heatmap(studies.grid_cells(report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)), 0.1, "t")
+    runs = report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
+    figure = studies.heatmap(studies.grid_cells(runs), 0.1, "t")
     outline = [patch for patch in figure.axes[0].patches if not patch.get_fill()]
     assert len(outline) == 1 and outline[0].get_x() == pytest.approx(0.5)  # around the second column, eps = 0.1
 
