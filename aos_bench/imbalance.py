@@ -1,10 +1,12 @@
-"""Step and linear imbalance: exact class sizes and a seeded choice of images.
+"""Step, linear and exponential imbalance: exact class sizes and a seeded choice of images.
 
 Definitions (also in the README, held by tests/test_imbalance.py):
 - n_max = the smallest class size of the train split unless `imbalance.n_max` is set; n_min = max(1, round(n_max / rho)).
 - step: k = floor(mu * N + 0.5) minority classes (1 <= k <= N-1) of n_min images, the others n_max.
 - linear: class sizes round(n_min + (n_max - n_min) * i / (N - 1)), i = 0..N-1, over a class order; every class
   smaller than the largest is minority.
+- exp (long-tailed): class sizes max(1, round(n_max * rho^(-i / (N - 1)))), i = 0..N-1 from the largest class, over
+  a class order; every class smaller than the largest is minority.
 `round` is Python's round (half to even). Images inside a class are drawn without replacement with `data_seed`,
 so one dataset, imbalance and data_seed give the same subset whatever the method and training seed.
 """
@@ -37,11 +39,13 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
     n_min = minority_size(n_max, cfg["rho"])
     if cfg["kind"] == "step":
         sizes, minority = step_sizes(classes, cfg["mu"], n_min, n_max, cfg.get("minority", "random"), gen)
-    elif cfg["kind"] == "linear":
-        sizes = linear_sizes(len(classes), n_min, n_max, cfg.get("minority", "random"), gen)
+    elif cfg["kind"] in ("linear", "exp"):
+        n = len(classes)
+        profile = linear_profile(n_min, n_max, n) if cfg["kind"] == "linear" else exp_profile(n_max, cfg["rho"], n)
+        sizes = ordered_sizes(profile, cfg.get("minority", "random"), gen)
         minority = [c for c, n in enumerate(sizes) if n < max(sizes)]
     else:
-        raise UsageError(f"imbalance.kind={cfg['kind']!r} is not one of: none, step, linear")
+        raise UsageError(f"imbalance.kind={cfg['kind']!r} is not one of: none, step, linear, exp")
     return Subset(draw_images(labels, sizes, gen), sizes, minority)
 
 
@@ -90,14 +94,23 @@ def step_sizes(
     return [n_min if c in chosen else n_max for c in range(n)], chosen
 
 
-def linear_sizes(n_classes: int, n_min: int, n_max: int, minority: object, gen: torch.Generator) -> list[int]:
-    """Class sizes of a linear imbalance; `minority` picks the order from smallest to largest."""
+def linear_profile(n_min: int, n_max: int, n_classes: int) -> list[int]:
+    """Linear class sizes from the smallest to the largest: round(n_min + (n_max - n_min) * i / (N - 1))."""
+    return [round(n_min + (n_max - n_min) * i / (n_classes - 1)) for i in range(n_classes)]
+
+
+def exp_profile(n_max: int, rho: float, n_classes: int) -> list[int]:
+    """Long-tailed class sizes from the smallest to the largest: max(1, round(n_max * rho^(-i / (N - 1)))), i = N-1..0."""
+    return [max(1, round(n_max * rho ** (-i / (n_classes - 1)))) for i in reversed(range(n_classes))]
+
+
+def ordered_sizes(profile: list[int], minority: object, gen: torch.Generator) -> list[int]:
+    """Class sizes given by `profile` (smallest first) over the class order that `minority` picks."""
     if not isinstance(minority, str):
         raise UsageError(f"imbalance.minority={minority} is not one of {MINORITY_MODES} (a list is for step only)")
-    order = ordered_classes(n_classes, minority, gen)
-    sizes = [0] * n_classes
-    for i, c in enumerate(order):
-        sizes[c] = round(n_min + (n_max - n_min) * i / (n_classes - 1))
+    sizes = [0] * len(profile)
+    for c, size in zip(ordered_classes(len(profile), minority, gen), profile):
+        sizes[c] = size
     return sizes
 
 

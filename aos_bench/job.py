@@ -90,7 +90,9 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
             "class_counts.json",
         )
         y_true = data.test_y.numpy()
-        y_pred = predict(model, data.test_x.to(device), cfg.train.eval_batch_size, cfg.train.precision).cpu().numpy()
+        priors = torch.tensor(subset.sizes, device=device)  # the imbalanced set's class sizes, for test-time corrections
+        adjust = (lambda logits: method.adjust(logits, priors, cfg.method)) if method.adjust else (lambda logits: logits)
+        y_pred = predict(model, data.test_x.to(device), cfg.train.eval_batch_size, cfg.train.precision, adjust).cpu().numpy()
         metrics = scores(y_true, y_pred, len(data.classes), subset.minority_classes)
         mlflow.log_metrics({**metrics, "train_steps": stats["train_steps"]})
         mlflow.log_text(per_class(y_true, y_pred, data.classes).to_csv(index=False), "per_class.csv")

@@ -1,13 +1,18 @@
-"""The compared methods: how each changes the training set and each batch.
+"""The compared methods: how each changes the training set, each batch, the loss and the prediction.
 
-A method is an entry of METHODS: `resample` turns the imbalanced subset's labels into the index list one pass of
-training runs over; `perturb` (or None) rewrites a batch of [0, 1] images before the optimizer step.
+A method is an entry of METHODS, a Method of optional hooks (None = the plain choice):
+- `synthesize` adds images to the imbalanced set once before training (SMOTE);
+- `resample` turns the training labels into the index list one pass of training runs over;
+- `perturb` rewrites a batch of [0, 1] images before the optimizer step (AOS);
+- `loss` replaces cross-entropy, given the training set's class counts and the fraction of steps done;
+- `adjust` turns test-time logits into the scores whose argmax is the prediction (thresholding).
 Adding a method = one function or two here, one entry in METHODS, one file in conf/method/.
 """
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +24,10 @@ from aos_bench.data import UsageError
 @dataclass(frozen=True)
 class Method:
     resample: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, gen) -> positions into labels
-    perturb: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None  # (model, x, y, is_minority, cfg, gen) -> (x, n)
+    perturb: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (model, x, y, is_minority, cfg, gen) -> (x, n)
+    loss: Callable[..., torch.Tensor] | None = None  # (logits, y, counts, cfg, done) -> loss; done = fraction of steps taken
+    adjust: Callable[[torch.Tensor, torch.Tensor, Mapping], torch.Tensor] | None = None  # (logits, counts, cfg) -> scores
+    synthesize: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (x, y, cfg, seed) -> (x, y), uint8 images
 
 
 def keep_all(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -39,15 +47,111 @@ def random_oversample(labels: torch.Tensor, gen: torch.Generator) -> torch.Tenso
     return torch.cat(picked)
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-    """clamp(x + eps * sign(grad_x CE(model(x), y)), 0, 1), leaving parameter grads and BatchNorm statistics as they were."""
-    x = x.detach().requires_grad_(True)
+def random_undersample(labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """RUS: every class cut to the smallest class size, its images drawn uniformly without replacement."""
+    counts = torch.bincount(labels)
+    target = int(counts[counts > 0].min())
+    picked = []
+    for c in range(len(counts)):
+        members = (labels == c).nonzero().flatten()
+        picked.append(members[torch.randperm(len(members), generator=gen, device=gen.device)[:target]])
+    return torch.cat(picked)
+
+
+def smote_class(members: np.ndarray, target: int, k: int, seed: int) -> np.ndarray:
+    """`target - len(members)` SMOTE images of one class (flattened floats), with imbalanced-learn's SMOTE."""
+    from imblearn.over_sampling import SMOTE  # imported here: only this method needs it
+
+    if len(members) == 1:  # no neighbour: the only segment is the image itself
+        return np.repeat(members, target - 1, axis=0)
+    # SMOTE needs a second class to resample against; one blank image that it leaves alone (neighbours are drawn
+    # within the resampled class only)
+    x = np.concatenate([members, np.zeros_like(members[:1])])
+    y = np.r_[np.zeros(len(members), dtype=int), 1]
+    smote = SMOTE(sampling_strategy={0: target}, k_neighbors=min(k, len(members) - 1), random_state=seed)
+    return smote.fit_resample(x, y)[0][len(x) :]
+
+
+def smote(x: torch.Tensor, y: torch.Tensor, cfg: Mapping, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SMOTE in pixel space: every class brought to the largest size by interpolating between same-class neighbours."""
+    counts = torch.bincount(y).tolist()
+    images, labels = [x], [y]
+    for c, count in enumerate(counts):
+        if 0 < count < max(counts):
+            members = x[y == c].flatten(1).float().cpu().numpy()
+            new = smote_class(members, max(counts), cfg["k"], seed + c)
+            images.append(torch.from_numpy(new).round_().clamp_(0, 255).to(x.dtype).view(-1, *x.shape[1:]).to(x.device))
+            labels.append(torch.full((len(new),), c, dtype=y.dtype, device=y.device))
+    return torch.cat(images), torch.cat(labels)
+
+
+def class_weights(counts: torch.Tensor, beta: float | None) -> torch.Tensor:
+    """Per-class loss weights summing to N: 1 / n_c, or 1 / effective number (1 - beta^n_c) / (1 - beta) (Cui et al.)."""
+    counts = counts.double()
+    weights = 1 / counts if beta is None else (1 - beta) / (1 - beta**counts)
+    return (weights / weights.sum() * len(counts)).float()
+
+
+def reweighted_ce(logits: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, cfg: Mapping, done: float) -> torch.Tensor:
+    """Cross-entropy averaged with class weights: sum_i w_{y_i} CE_i / sum_i w_{y_i}."""
+    return F.cross_entropy(logits, y, weight=class_weights(counts, cfg.get("beta")))
+
+
+def focal(logits: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, cfg: Mapping, done: float) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017): the batch mean of -(1 - p_y)^gamma log p_y."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    return ((1 - torch.exp(-ce)) ** cfg["gamma"] * ce).mean()
+
+
+def ldam_margins(counts: torch.Tensor, max_m: float) -> torch.Tensor:
+    """LDAM's per-class margins, proportional to n_c^(-1/4), the largest (the smallest class's) equal to max_m."""
+    margins = counts.float() ** -0.25
+    return margins * (max_m / margins.max())
+
+
+def ldam_drw(logits: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, cfg: Mapping, done: float) -> torch.Tensor:
+    """LDAM-DRW (Cao et al. 2019): CE of s * (logits - m_y at the true class), re-weighted by effective number from drw_start on."""
+    margin = F.one_hot(y, logits.shape[1]) * ldam_margins(counts, cfg["max_m"])[y].unsqueeze(1)
+    weight = class_weights(counts, cfg["beta"]) if done >= cfg["drw_start"] else None
+    return F.cross_entropy(cfg["s"] * (logits - margin), y, weight=weight)
+
+
+def log_priors(counts: torch.Tensor) -> torch.Tensor:
+    """log of the training set's class frequencies."""
+    return torch.log(counts.float() / counts.sum())
+
+
+def balanced_softmax(logits: torch.Tensor, y: torch.Tensor, counts: torch.Tensor, cfg: Mapping, done: float) -> torch.Tensor:
+    """Balanced softmax (Ren et al. 2020), or the logit-adjusted loss (Menon et al. 2021): CE of logits + tau * log prior."""
+    return F.cross_entropy(logits + cfg["tau"] * log_priors(counts), y)
+
+
+def prior_correction(logits: torch.Tensor, counts: torch.Tensor, cfg: Mapping) -> torch.Tensor:
+    """Thresholding (Buda et al. 2018): log of softmax(logits) / prior, so the prediction is argmax p(c | x) / p(c)."""
+    return F.log_softmax(logits.float(), 1) - log_priors(counts)
+
+
+def fgsm(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 1, majority: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`steps` signed-gradient steps of eps / steps, projected on the eps-ball around x and on [0, 1], leaving parameter
+    grads and BatchNorm statistics as they were. Untargeted: up CE(model(x), y). With a `majority` class mask: down
+    CE(model(x), t), t = the majority class with the highest logit at the first step (after M2m)."""
+    clean = x.detach()
     # BatchNorm updates its running statistics in place: hand it copies so the model's own stay untouched.
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     params = dict(model.named_parameters())
-    loss = F.cross_entropy(functional_call(model, (params, buffers), (x,)), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)  # input gradient only: no parameter .grad is written
-    return (x.detach() + eps * grad.sign()).clamp_(0, 1)
+    target, x = None, clean
+    for _ in range(steps):
+        x = x.detach().requires_grad_(True)
+        logits = functional_call(model, (params, buffers), (x,))
+        if majority is not None and target is None:
+            target = logits.detach().masked_fill(~majority, -torch.inf).argmax(1)  # the majority class it is closest to
+        loss = F.cross_entropy(logits, y if target is None else target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)  # input gradient only: no parameter .grad is written
+        step = eps / steps * grad.sign() * (1 if target is None else -1)
+        x = torch.minimum(torch.maximum(x.detach() + step, clean - eps), clean + eps).clamp_(0, 1)
+    return x
 
 
 def adversarial_minority(
@@ -57,14 +161,37 @@ def adversarial_minority(
     draw = torch.rand(len(y), generator=gen, device=y.device) < cfg["p"]
     attacked = (is_minority[y] & draw).nonzero().flatten()  # one host sync: the attack's cost follows its size
     if len(attacked):
-        x = x.index_copy(0, attacked, fgsm(model, x[attacked], y[attacked], cfg["eps"]))
+        majority = ~is_minority if cfg.get("targeted") else None
+        x = x.index_copy(0, attacked, fgsm(model, x[attacked], y[attacked], cfg["eps"], cfg.get("steps", 1), majority))
     return x, attacked
 
 
 METHODS = {
-    "base": Method(keep_all, None),
-    "ros": Method(random_oversample, None),
-    "aos": Method(random_oversample, adversarial_minority),
+    "base": Method(keep_all),
+    "ros": Method(random_oversample),
+    "aos": Method(random_oversample, perturb=adversarial_minority),
+    "rus": Method(random_undersample),
+    "smote": Method(keep_all, synthesize=smote),
+    "reweight": Method(keep_all, loss=reweighted_ce),
+    "focal": Method(keep_all, loss=focal),
+    "ldam_drw": Method(keep_all, loss=ldam_drw),
+    "balanced_softmax": Method(keep_all, loss=balanced_softmax),
+    "threshold": Method(keep_all, adjust=prior_correction),
+}
+
+# method.<key>: the test its value must pass, and what is allowed (for the one-line error)
+CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "p": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "eps": (lambda v: v >= 0, ">= 0 (pixel units of [0, 1] images)"),
+    "steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+    "targeted": (lambda v: isinstance(v, bool), "true or false"),
+    "k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+    "beta": (lambda v: v is None or 0 <= v < 1, "null (inverse frequency) or a number in [0, 1)"),
+    "gamma": (lambda v: v >= 0, ">= 0"),
+    "max_m": (lambda v: v >= 0, ">= 0 (logit units)"),
+    "s": (lambda v: v > 0, "> 0"),
+    "drw_start": (lambda v: 0 <= v <= 1, "a fraction of the optimizer steps in [0, 1]"),
+    "tau": (lambda v: v >= 0, ">= 0"),
 }
 
 
@@ -75,10 +202,17 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def passes(check: Callable[[object], bool], value: object) -> bool:
+    """`check(value)`, False where the value has the wrong type for it (a string where a number belongs)."""
+    try:
+        return bool(check(value))
+    except TypeError:
+        return False
+
+
 def validate_method(cfg: Mapping) -> None:
     """Check a method config's values before any training starts."""
     get_method(cfg["name"])
-    if "p" in cfg and not 0 <= cfg["p"] <= 1:
-        raise UsageError(f"method.p={cfg['p']} must be a probability in [0, 1]")
-    if "eps" in cfg and not cfg["eps"] >= 0:
-        raise UsageError(f"method.eps={cfg['eps']} must be >= 0 (pixel units of [0, 1] images)")
+    for key, (check, allowed) in CHECKS.items():
+        if key in cfg and not passes(check, cfg[key]):
+            raise UsageError(f"method.{key}={cfg[key]}: must be {allowed}")

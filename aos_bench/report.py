@@ -2,7 +2,8 @@
 
     python -m aos_bench.report [--tracking-uri URI] [--experiment NAME] [--sweep RUN_ID|latest] [--out results/]
 
-writes <out>/<preset>.md, .csv, .png and _runs.csv for the sweep (an MLflow parent run made by aos_bench.sweep).
+writes <out>/<preset>.md, .csv, .png and _runs.csv for the sweep (an MLflow parent run made by aos_bench.sweep):
+the paper's table layout, or for the presets methods and aos_sensitivity the layout of aos_bench.studies.
 """
 
 import argparse
@@ -26,7 +27,11 @@ from aos_bench.tracking import require_server, tracking_uri  # noqa: E402
 METRIC = "test_f1_macro"  # the tables' F1, in percent (the paper does not name its average; macro weighs every class alike)
 METHODS = ("base", "ros", "aos")  # the paper's column order
 ROW = ["dataset", "mu", "rho"]  # one table row; method and seed vary within it
-NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "intel": "Intel", "base": "BASE", "ros": "ROS", "aos": "AOS"}
+NAMES = {
+    "mnist": "MNIST", "cifar10": "CIFAR-10", "intel": "Intel", "base": "BASE", "ros": "ROS", "aos": "AOS", "rus": "RUS",
+    "smote": "SMOTE", "reweight": "Reweight", "focal": "Focal", "ldam_drw": "LDAM-DRW",
+    "balanced_softmax": "Bal. softmax", "threshold": "Threshold",
+}
 UNRECORDED = "unrecorded"  # a param that runs logged before the suite recorded it
 ENV = ("torch", "device", "threads", "precision", "deterministic")  # env.* params named in a report, as logged by job.run
 EXACT_UP_TO = 16
@@ -84,14 +89,17 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
     # a config run twice in one sweep (two launches racing on a resume) counts once: its latest run
     hashes = runs.sort_values("end_time").reindex(columns=["tags.config_hash"])["tags.config_hash"]
     runs = runs.loc[hashes[~(hashes.notna() & hashes.duplicated(keep="last"))].index]
-    params = runs.reindex(columns=["params.imbalance.mu", "params.imbalance.rho", "params.method.eps", "params.recipe.name"])
+    columns = ["params.imbalance.mu", "params.imbalance.rho", "params.method.eps", "params.method.p", "params.recipe.name"]
+    params = runs.reindex(columns=[*columns, "params.imbalance.kind"])
     recipe = params["params.recipe.name"].astype(object).fillna(UNRECORDED)
     return pd.DataFrame(
         {
             "dataset": runs["params.dataset.name"],
             "mu": pd.to_numeric(params["params.imbalance.mu"]),
             "rho": pd.to_numeric(params["params.imbalance.rho"]),
+            "imbalance": params["params.imbalance.kind"],
             "eps": pd.to_numeric(params["params.method.eps"]),
+            "p": pd.to_numeric(params["params.method.p"]),
             "method": runs["params.method.name"],
             "seed": runs["params.seed"].astype(int),
             "f1": runs[f"metrics.{METRIC}"],
@@ -502,7 +510,12 @@ def write_report(uri: str, experiment: str, sweep: str, out: Path, row: str | No
         raise ValueError(f"--sweep {sweep}: the sweeps come from different presets ({', '.join(presets)}); one table = one preset")
     preset = presets[0]
     name = preset if preset != "none" else "sweep"
-    runs = one_table(pd.concat([sweep_runs(found.experiment_id, p.info.run_id) for p in parents], ignore_index=True), sweep)
+    runs = pd.concat([sweep_runs(found.experiment_id, p.info.run_id) for p in parents], ignore_index=True)
+    from aos_bench.studies import LAYOUTS  # here, not at the top: studies builds on this module
+
+    if preset in LAYOUTS:  # the studies beyond the paper's tables have layouts of their own
+        return LAYOUTS[preset](name, parents, runs, sweep, out)
+    runs = one_table(runs, sweep)
     seeds, spread = per_seed(runs), noise(runs)
     table = cells(seeds, preset)
     pairs = comparisons(seeds, table, spread)

@@ -111,6 +111,9 @@ def fit(
     """Train `model` in place on uint8 images `x` (on the training device) with labels `y`; returns the run's statistics."""
     device = x.device
     gen = torch.Generator(device).manual_seed(seed)
+    if method.synthesize is not None:
+        x, y = method.synthesize(x, y, method_cfg, seed)
+    counts = torch.bincount(y)  # the training set's class sizes, which loss-based methods weigh by
     is_minority = torch.zeros(int(y.max()) + 1, dtype=torch.bool, device=device)
     is_minority[minority_classes] = True
     positions = method.resample(y, gen)
@@ -143,7 +146,11 @@ def fit(
                     keep = attacked[:EXAMPLES]
                     stats["examples"] = (clean[keep].float().cpu(), xb[keep].float().cpu(), yb[keep].cpu())
             with autocast(device, cfg["precision"]):
-                loss = F.cross_entropy(forward(xb), yb)
+                logits = forward(xb)
+                if method.loss is None:
+                    loss = F.cross_entropy(logits, yb)
+                else:
+                    loss = method.loss(logits.float(), yb, counts, method_cfg, stats["train_steps"] / total)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -162,8 +169,14 @@ def fit(
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int, precision: str = "auto") -> torch.Tensor:
-    """Predicted labels of uint8 images `x` (on the model's device)."""
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    batch_size: int,
+    precision: str = "auto",
+    adjust: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits,
+) -> torch.Tensor:
+    """Predicted labels of uint8 images `x` (on the model's device): argmax of adjust(logits)."""
     model.eval()
     with autocast(x.device, precision):
-        return torch.cat([model(to_input(x[i : i + batch_size])).argmax(1) for i in range(0, len(x), batch_size)])
+        return torch.cat([adjust(model(to_input(x[i : i + batch_size]))).argmax(1) for i in range(0, len(x), batch_size)])

@@ -1,4 +1,4 @@
-"""Exact class counts of the step and linear imbalances, on the real label arrays where present."""
+"""Exact class counts of the step, linear and exp imbalances, on the real label arrays where present."""
 
 import pytest
 import torch
@@ -35,6 +35,10 @@ def step(mu: float, rho: float, minority: object = "random", n_max: int | None =
 
 def linear(rho: float, minority: str = "random", n_max: int | None = None) -> dict:
     return {"kind": "linear", "rho": rho, "minority": minority, "n_max": n_max}
+
+
+def exp(rho: float, minority: str = "random") -> dict:
+    return {"kind": "exp", "rho": rho, "minority": minority, "n_max": None}
 
 
 def drawn_counts(labels: torch.Tensor, subset) -> list[int]:
@@ -141,7 +145,8 @@ def test_none_keeps_the_split_as_published(mnist_labels):
         (step(0.3, 10, [0, 1, 42]), "imbalance.minority has 42"),
         (step(0.3, 10, n_max=101), "imbalance.n_max=101"),
         (linear(10, [0, 1]), "a list is for step only"),
-        ({"kind": "zipf", "rho": 10}, "imbalance.kind='zipf'"),
+        (exp(0.5), "imbalance.rho=0.5"),
+        ({"kind": "zipf", "rho": 10}, "imbalance.kind='zipf' is not one of: none, step, linear, exp"),
     ],
 )
 def test_bad_settings_raise_one_line_errors(cfg, message):
@@ -149,3 +154,22 @@ def test_bad_settings_raise_one_line_errors(cfg, message):
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("(", r"\(")) as error:
         make_subset(labels, [str(c) for c in range(10)], cfg, 0)
     assert "\n" not in str(error.value)
+
+
+@needs("cifar10")
+def test_exp_on_cifar10_gives_exact_long_tailed_counts(cifar_labels):
+    labels, classes = cifar_labels
+    subset = make_subset(labels, classes, exp(100, "first"), data_seed=0)
+    # round(5000 * 100^(-i / 9)), i = 9..0: class 0 smallest with minority=first
+    assert drawn_counts(labels, subset) == [50, 83, 139, 232, 387, 646, 1077, 1797, 2997, 5000] == subset.sizes
+    assert subset.minority_classes == list(range(9))
+    shuffled = make_subset(labels, classes, exp(100), data_seed=4)
+    assert sorted(drawn_counts(labels, shuffled)) == [50, 83, 139, 232, 387, 646, 1077, 1797, 2997, 5000]
+    assert shuffled.sizes != subset.sizes  # data_seed draws another class order
+
+
+@needs("MNIST")
+def test_exp_on_mnist_last_order(mnist_labels):
+    labels, classes = mnist_labels
+    subset = make_subset(labels, classes, exp(500, "last"), data_seed=0)
+    assert drawn_counts(labels, subset) == [5421, 2718, 1362, 683, 342, 172, 86, 43, 22, 11]

@@ -1,4 +1,6 @@
-"""BASE, ROS and AOS: what each does to the training set and to a batch."""
+"""The methods: what each does to the training set, a batch, the loss or the prediction."""
+
+import math
 
 import pytest
 import torch
@@ -6,7 +8,23 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from aos_bench.data import UsageError
-from aos_bench.methods import fgsm, get_method, keep_all, random_oversample, validate_method
+from aos_bench.methods import (
+    METHODS,
+    balanced_softmax,
+    class_weights,
+    fgsm,
+    focal,
+    get_method,
+    keep_all,
+    ldam_drw,
+    ldam_margins,
+    prior_correction,
+    random_oversample,
+    random_undersample,
+    reweighted_ce,
+    smote,
+    validate_method,
+)
 from aos_bench.models import build_model
 
 EPS = 0.1
@@ -108,7 +126,13 @@ def test_aos_draws_repeat_for_a_seed():
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        ({"name": "smote"}, "method.name='smote' is not one of: base, ros, aos"),
+        ({"name": "mixup"}, f"method.name='mixup' is not one of: {', '.join(METHODS)}"),
+        ({"name": "aos", "steps": 0}, "method.steps=0: must be a whole number >= 1"),
+        ({"name": "aos", "targeted": "yes"}, "method.targeted=yes: must be true or false"),
+        ({"name": "reweight", "beta": 1.0}, r"method.beta=1.0: must be null \(inverse frequency\) or a number in \[0, 1\)"),
+        ({"name": "focal", "gamma": "two"}, "method.gamma=two: must be >= 0"),
+        ({"name": "ldam_drw", "s": 0, "max_m": 0.5, "beta": 0.9999, "drw_start": 0.8}, "method.s=0: must be > 0"),
+        ({"name": "smote", "k": 0}, "method.k=0: must be a whole number >= 1"),
         ({"name": "aos", "p": 1.5, "eps": 0.1}, "method.p=1.5"),
         ({"name": "aos", "p": 0.5, "eps": -1}, "method.eps=-1"),
     ],
@@ -116,3 +140,136 @@ def test_aos_draws_repeat_for_a_seed():
 def test_bad_method_settings_raise(cfg, message):
     with pytest.raises(UsageError, match=message):
         validate_method(cfg)
+
+
+def test_rus_cuts_every_class_to_the_smallest_without_repeats():
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate([50, 7, 20, 3])])
+    positions = random_undersample(labels, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[positions]).tolist() == [3, 3, 3, 3]
+    assert len(set(positions.tolist())) == len(positions), "an image was kept twice"
+    assert torch.equal(positions[labels[positions] == 3].sort().values, (labels == 3).nonzero().flatten())
+
+
+def test_smote_images_lie_on_a_segment_between_two_images_of_their_class():
+    gen = torch.Generator().manual_seed(0)
+    sizes = [30, 8, 12]
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes)])
+    x = torch.randint(256, (len(y), 1, 6, 6), generator=gen, dtype=torch.uint8)
+    new_x, new_y = smote(x, y, {"k": 5}, seed=0)
+    assert torch.bincount(new_y).tolist() == [30, 30, 30]
+    assert torch.equal(new_x[: len(x)], x) and torch.equal(new_y[: len(y)], y)  # the originals first, unchanged
+    inside = []
+    for image, c in zip(new_x[len(x) :].float().flatten(1), new_y[len(y) :]):
+        members = x[y == c].float().flatten(1)
+        best = (math.inf, None)
+        for i in range(len(members)):
+            for j in range(len(members)):
+                if i == j:
+                    continue
+                a, b = members[i], members[j]
+                lam = min(1.0, max(0.0, float(((image - a) @ (b - a)) / ((b - a) @ (b - a)))))  # nearest point
+                best = min(best, (float((image - (a + lam * (b - a))).abs().max()), lam), key=lambda t: t[0])
+        assert best[0] <= 1.0, f"a class-{int(c)} SMOTE image is {best[0]:.1f} grey levels off every segment of its class"
+        inside.append(0.02 < best[1] < 0.98)
+    assert sum(inside) > 0.8 * len(inside), "SMOTE images should lie inside their segments, not on their ends"
+
+
+def hand_ce(row: list[float], label: int) -> float:
+    """-log softmax(row)[label], in plain floats."""
+    return -math.log(math.exp(row[label]) / sum(math.exp(v) for v in row))
+
+
+LOGITS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-0.5, 1.5, 0.0], [1.0, -1.0, 2.0]]
+LABELS = [0, 2, 1, 2]
+COUNTS = [100, 10, 4]
+
+
+@pytest.mark.parametrize("beta", [None, 0.99])
+def test_reweighted_loss_equals_a_hand_computation(beta):
+    if beta is None:
+        raw = [1 / n for n in COUNTS]
+    else:
+        raw = [(1 - beta) / (1 - beta**n) for n in COUNTS]
+    w = [3 * v / sum(raw) for v in raw]
+    expected = sum(w[y] * hand_ce(row, y) for row, y in zip(LOGITS, LABELS)) / sum(w[y] for y in LABELS)
+    got = reweighted_ce(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), {"beta": beta}, 0.0)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert class_weights(torch.tensor(COUNTS), beta).tolist() == pytest.approx(w, rel=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_focal_loss_equals_a_hand_computation(gamma):
+    terms = []
+    for row, y in zip(LOGITS, LABELS):
+        p = math.exp(-hand_ce(row, y))
+        terms.append(-((1 - p) ** gamma) * math.log(p))
+    got = focal(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), {"gamma": gamma}, 0.0)
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def test_ldam_margins_scale_as_n_to_the_minus_quarter():
+    margins = ldam_margins(torch.tensor([16, 81, 256, 1]), max_m=0.5)
+    assert margins.tolist() == pytest.approx([0.5 / 2, 0.5 / 3, 0.5 / 4, 0.5], rel=1e-6)
+
+
+def test_ldam_drw_subtracts_the_true_class_margin_and_reweights_only_after_drw_start():
+    cfg = {"max_m": 0.5, "s": 2.0, "beta": 0.99, "drw_start": 0.8}
+    m = [0.5 * (4 / n) ** 0.25 for n in COUNTS]
+    shifted = [[cfg["s"] * (v - (m[y] if j == y else 0)) for j, v in enumerate(row)] for row, y in zip(LOGITS, LABELS)]
+    args = (torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), cfg)
+    plain = sum(hand_ce(row, y) for row, y in zip(shifted, LABELS)) / len(LABELS)
+    assert ldam_drw(*args, 0.79).item() == pytest.approx(plain, rel=1e-5)
+    raw = [(1 - 0.99) / (1 - 0.99**n) for n in COUNTS]
+    w = [3 * v / sum(raw) for v in raw]
+    weighted = sum(w[y] * hand_ce(row, y) for row, y in zip(shifted, LABELS)) / sum(w[y] for y in LABELS)
+    assert ldam_drw(*args, 0.8).item() == pytest.approx(weighted, rel=1e-5)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_balanced_softmax_shifts_the_logits_by_the_log_priors(tau):
+    # Ren et al.'s form: -log(n_y^tau e^z_y / sum_j n_j^tau e^z_j)
+    expected = [
+        -math.log(COUNTS[y] ** tau * math.exp(row[y]) / sum(n**tau * math.exp(v) for n, v in zip(COUNTS, row)))
+        for row, y in zip(LOGITS, LABELS)
+    ]
+    got = balanced_softmax(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), {"tau": tau}, 0.0)
+    assert got.item() == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+
+
+def test_thresholding_divides_the_probabilities_by_the_priors():
+    logits = torch.tensor([[2.0, 0.0, 0.5], [0.3, 0.2, 0.1]])
+    counts = torch.tensor(COUNTS)
+    priors = counts / counts.sum()
+    scores = prior_correction(logits, counts, {})
+    expected = logits.softmax(1) / priors
+    assert torch.allclose(scores.softmax(1), expected / expected.sum(1, keepdim=True), atol=1e-6)
+    assert logits.argmax(1).tolist() == [0, 0] and scores.argmax(1).tolist() == [2, 2]  # the rare class wins
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_multi_step_aos_stays_within_eps_of_the_clean_image(steps):
+    model = small_model()
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.rand(128, 1, 12, 12, generator=gen), torch.randint(4, (128,), generator=gen)
+    x_adv = fgsm(model, x, y, EPS, steps=steps)
+    moved = (x_adv - x).abs()
+    assert moved.max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    inside = (x > EPS) & (x < 1 - EPS)
+    assert (moved[inside] > EPS / steps + 1e-6).any() == (steps > 1)  # several steps add up; one step is eps exactly
+
+
+def test_targeted_aos_moves_toward_the_most_confused_majority_class():
+    model = small_model()
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.rand(256, 1, 12, 12, generator=gen), torch.full((256,), 1)
+    majority = torch.tensor([True, False, True, False])
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    with torch.no_grad():
+        logits = functional_call(model, buffers, (x,))
+    target = logits.masked_fill(~majority, -torch.inf).argmax(1)
+    x_adv = fgsm(model, x, y, 0.02, steps=2, majority=majority)
+    with torch.no_grad():
+        after = F.cross_entropy(functional_call(model, buffers, (x_adv,)), target, reduction="none")
+    before = F.cross_entropy(logits, target, reduction="none")
+    assert set(target.tolist()) <= {0, 2}
+    assert (after < before).float().mean() > 0.9

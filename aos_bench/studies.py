@@ -1,0 +1,238 @@
+"""Reports of the studies beyond the paper's tables: every method side by side, and AOS's eps x p sensitivity.
+
+aos_bench.report.write_report picks a layout of LAYOUTS by the sweep's preset; each writes <out>/<preset>.md, .csv,
+.png and _runs.csv and returns the four paths.
+"""
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+
+from aos_bench.report import ENV, NAMES, PAPER, environment, fmt, markdown_table, provenance, sign_flip_p
+
+STUDY_ROW = ["dataset", "imbalance", "mu", "rho"]  # a row of the methods table: the exp row has no mu
+REFERENCE = "aos"  # every method is tested against AOS
+GRID = ["eps", "p"]  # the sensitivity study's two axes
+
+
+def single_recipe(runs: pd.DataFrame, sweeps: str, keys: Sequence[str]) -> pd.DataFrame:
+    """`runs` if they hold one recipe and one run per `keys`; else ValueError saying what is mixed."""
+    recipes = sorted(runs["recipe"].unique())
+    if len(recipes) > 1:
+        raise ValueError(f"sweep {sweeps} mixes the recipes {', '.join(recipes)}: report each recipe's sweep on its own")
+    repeated = runs.duplicated(list(keys), keep=False)
+    if repeated.any():
+        example = runs[repeated].iloc[0][list(keys)].to_dict()
+        raise ValueError(f"sweep {sweeps} has several runs for one {', '.join(keys)} (e.g. {example}): sweep other settings apart")
+    return runs
+
+
+def method_order(methods: Sequence[str]) -> list[str]:
+    """The methods present, in the suite's order (the paper's three first), unknown names last."""
+    known = [m for m in NAMES if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
+
+
+def study_row_label(dataset: str, imbalance: str, mu: float, rho: float) -> str:
+    """'MNIST step mu=0.3 rho=500', 'CIFAR-10 exp rho=100'."""
+    mu_text = f" mu={mu:g}" if pd.notna(mu) else ""
+    return f"{NAMES.get(dataset, dataset)} {imbalance}{mu_text} rho={rho:g}"
+
+
+def method_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per row and method: F1 mean, std and seeds, and the rank of the mean within its row (1 = best)."""
+    cells = runs.groupby([*STUDY_ROW, "method"], dropna=False)["f1"].agg(mean="mean", std="std", seeds="count").reset_index()
+    cells["rank"] = cells.groupby(STUDY_ROW, dropna=False)["mean"].rank(ascending=False, method="min")
+    return cells
+
+
+def against_reference(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per row and method other than AOS: the mean paired difference method − AOS over shared seeds, its p-value, pairs."""
+    lines = []
+    for key, row in runs.groupby(STUDY_ROW, dropna=False, sort=False):
+        by_seed = row.pivot(index="seed", columns="method", values="f1")
+        for method in by_seed.columns.drop(REFERENCE, errors="ignore"):
+            both = by_seed.reindex(columns=[method, REFERENCE]).dropna()
+            diffs = (both[method] - both[REFERENCE]).to_numpy()
+            mean = diffs.mean() if len(diffs) else np.nan
+            test = {"method": method, "minus_aos": mean, "p_vs_aos": sign_flip_p(diffs), "pairs": len(diffs)}
+            lines.append({**dict(zip(STUDY_ROW, key)), **test})
+    return pd.DataFrame(lines, columns=[*STUDY_ROW, "method", "minus_aos", "p_vs_aos", "pairs"])
+
+
+def rows_in_order(cells: pd.DataFrame) -> list[tuple]:
+    """The table's rows: step rows by dataset and mu, then the others."""
+    rows = cells[STUDY_ROW].drop_duplicates()
+    rows = rows.assign(step=rows["imbalance"] != "step").sort_values(["step", "imbalance", "dataset", "mu", "rho"])
+    return [tuple(row) for row in rows[STUDY_ROW].itertuples(index=False)]
+
+
+def wide_table(cells: pd.DataFrame, tests: pd.DataFrame, methods: Sequence[str], rows: Sequence[tuple]) -> tuple[str, str]:
+    """Markdown of the F1 table (mean ± std (rank) per method, mean rank last) and of the paired tests against AOS."""
+    by_cell = cells.set_index([*STUDY_ROW, "method"])
+    by_test = tests.set_index([*STUDY_ROW, "method"])
+    f1, paired = [], []
+    for row in rows:
+        label = {"row": study_row_label(*row)}
+        f1.append(label | {NAMES.get(m, m): f1_text(by_cell, (*row, m)) for m in methods})
+        paired.append(label | {NAMES.get(m, m): paired_text(by_test, (*row, m)) for m in methods if m != REFERENCE})
+    mean_rank = cells.groupby("method")["rank"].mean()
+    f1.append({"row": "mean rank"} | {NAMES.get(m, m): f"{mean_rank[m]:.2f}" for m in methods})
+    return markdown_table(pd.DataFrame(f1)), markdown_table(pd.DataFrame(paired))
+
+
+def f1_text(by_cell: pd.DataFrame, key: tuple) -> str:
+    """'82.31 ± 1.20 (3)': mean ± std over seeds and the rank in its row; empty where not run."""
+    if key not in by_cell.index:
+        return ""
+    cell = by_cell.loc[key]
+    std = "" if pd.isna(cell["std"]) else f" ± {cell['std']:.2f}"
+    return f"{cell['mean']:.2f}{std} ({cell['rank']:.0f})"
+
+
+def paired_text(by_test: pd.DataFrame, key: tuple) -> str:
+    """'-1.23, p=0.062 (n=5)': mean of method − AOS over n paired seeds and the sign-flip p-value; empty without pairs."""
+    if key not in by_test.index or not by_test.loc[key, "pairs"]:
+        return ""
+    test = by_test.loc[key]
+    p = "" if pd.isna(test["p_vs_aos"]) else f", p={test['p_vs_aos']:.3f}"
+    return f"{test['minus_aos']:+.2f}{p} (n={int(test['pairs'])})"
+
+
+def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], rows: Sequence[tuple], title: str) -> plt.Figure:
+    """F1 per row and method: bars = mean, error bars = std over seeds, dots = each run."""
+    fig, axis = plt.subplots(figsize=(2.5 + 0.45 * len(methods) * len(rows), 5))
+    width = 0.85 / len(methods)
+    by_cell = cells.set_index([*STUDY_ROW, "method"])
+    for i, method in enumerate(methods):
+        cell = by_cell.reindex([(*row, method) for row in rows])
+        x = np.arange(len(rows)) + (i - (len(methods) - 1) / 2) * width
+        axis.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=2, label=NAMES.get(method, method))
+        for position, row in zip(x, rows):
+            seeds = runs.merge(pd.DataFrame([dict(zip(STUDY_ROW, row), method=method)]), on=[*STUDY_ROW, "method"])["f1"]
+            axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
+    axis.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
+    axis.set_xticklabels([study_row_label(*row) for row in rows], rotation=15, ha="right")
+    axis.set_title(title, fontsize=10, pad=40)  # room for the legend between title and axes
+    axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(methods), 5), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def header(name: str, title: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame) -> str:
+    """The page's title and where its numbers come from."""
+    return f"""# {name}: {title}
+
+Generated by `python -m aos_bench.report` from MLflow: preset `{parents[0].data.tags.get("preset")}`, {len(runs)} FINISHED runs read back;
+- {environment(runs)};
+{provenance(parents)}"""
+
+
+def write_methods(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame, sweeps: str, out: Path) -> list[Path]:
+    """The methods study: one column per method (mean ± std and rank per row) and each method tested against AOS."""
+    runs = single_recipe(runs, sweeps, [*STUDY_ROW, "method", "seed"])
+    methods, cells, tests = method_order(runs["method"].unique()), method_cells(runs), against_reference(runs)
+    rows = rows_in_order(cells)
+    f1, paired = wide_table(cells, tests, methods, rows)
+    steps = runs.groupby(STUDY_ROW, dropna=False)["steps"].nunique()
+    unequal = "" if (steps <= 1).all() else "\n**Optimizer steps differ between the methods of a row**: see `_runs.csv`.\n"
+    text = f"""{header(name, "test macro-F1 (%) per method, mean ± std over seeds (rank in the row)", parents, runs)}
+- every method of a row trains on the same imbalanced subsets (one per seed) for the same number of optimizer steps;
+  step imbalance: mu = fraction of minority classes; exp: long-tailed class sizes; rho = largest / smallest class.
+{unequal}
+{f1}
+
+## Each method against AOS, paired by seed
+
+Mean difference of F1 (percentage points), method − AOS, over the seeds both ran, and the two-sided p-value of an
+exact sign-flip permutation test of a zero mean difference. With n seeds no p-value can fall below 2 / 2^n
+(0.0625 for 5 seeds).
+
+{paired}
+"""
+    table = cells.merge(tests, on=[*STUDY_ROW, "method"], how="left")
+    figure = methods_figure(cells, runs, methods, rows, f"{name}: mean ± std over seeds, dots: runs")
+    return write_files(out, name, text, table, figure, runs, [*STUDY_ROW, "method", "seed", "f1", "steps"])
+
+
+def write_files(
+    out: Path, name: str, text: str, table: pd.DataFrame, figure: plt.Figure, runs: pd.DataFrame, columns: Sequence[str]
+) -> list[Path]:
+    """<out>/<name>.md, .csv (`table`), .png (`figure`) and _runs.csv (one line per run); returns the four paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png", out / f"{name}_runs.csv"]
+    paths[0].write_text(text)
+    table.to_csv(paths[1], index=False, float_format="%.6g")
+    figure.savefig(paths[2], dpi=120)
+    plt.close(figure)
+    runs.sort_values(list(columns[:-2]))[[*columns, "recipe", *ENV]].to_csv(paths[3], index=False, float_format="%.6g")
+    return paths
+
+
+def paper_eps(dataset: str, mu: float, rho: float) -> float | None:
+    """The eps of the paper's table that has this dataset, mu and rho; None if it has none."""
+    for spec in PAPER.values():
+        if any(row[:3] == (dataset, mu, rho) for row in spec["rows"]):
+            return spec["eps"]
+    return None
+
+
+def grid_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per eps and p: F1 mean, std and seeds."""
+    return runs.groupby(GRID)["f1"].agg(mean="mean", std="std", seeds="count").reset_index()
+
+
+def heatmap(cells: pd.DataFrame, marked_eps: float | None, title: str) -> plt.Figure:
+    """Mean macro-F1 over eps (columns) x p (rows), each cell annotated, the paper's eps column outlined."""
+    means = cells.pivot(index="p", columns="eps", values="mean")
+    fig, axis = plt.subplots(figsize=(1.2 + 1.1 * means.shape[1], 1.4 + 0.7 * means.shape[0]))
+    image = axis.imshow(means.to_numpy(), cmap="viridis", origin="lower", aspect="auto")
+    for (i, j), value in np.ndenumerate(means.to_numpy()):
+        if pd.notna(value):
+            axis.text(j, i, f"{value:.1f}", ha="center", va="center", color="w" if value < np.nanmean(means) else "k", fontsize=9)
+    eps_labels = [f"{e:g}" + ("\n(paper)" if marked_eps is not None and np.isclose(e, marked_eps) else "") for e in means.columns]
+    axis.set(xticks=range(means.shape[1]), yticks=range(means.shape[0]), xlabel="eps (FGSM step, [0, 1] pixels)", ylabel="p")
+    axis.set_xticklabels(eps_labels)
+    axis.set_yticklabels([f"{p:g}" for p in means.index])
+    if marked_eps is not None and np.isclose(means.columns, marked_eps).any():
+        column = int(np.flatnonzero(np.isclose(means.columns, marked_eps))[0])
+        axis.add_patch(plt.Rectangle((column - 0.5, -0.5), 1, means.shape[0], fill=False, edgecolor="red", linewidth=2))
+    fig.colorbar(image, ax=axis, label="mean test macro-F1 (%)")
+    axis.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_sensitivity(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame, sweeps: str, out: Path) -> list[Path]:
+    """The AOS sensitivity study: mean macro-F1 over the eps x p grid of one row, the paper's eps marked."""
+    runs = single_recipe(runs[runs["method"] == REFERENCE], sweeps, [*STUDY_ROW, *GRID, "seed"])
+    settings = runs[STUDY_ROW].drop_duplicates()
+    if len(settings) != 1:
+        raise ValueError(f"sweep {sweeps} has {len(settings)} dataset/imbalance rows: the sensitivity heatmap holds one")
+    row = tuple(settings.iloc[0])
+    marked = paper_eps(row[0], row[2], row[3])
+    cells = grid_cells(runs)
+    texts = cells.assign(text=[f"{m:.2f}" + ("" if pd.isna(s) else f" ± {s:.2f}") for m, s in zip(cells["mean"], cells["std"])])
+    wide = texts.pivot(index="p", columns="eps", values="text").fillna("")
+    wide.columns = [f"eps={e:g}" + (" (paper)" if marked is not None and np.isclose(e, marked) else "") for e in wide.columns]
+    best = cells.loc[cells["mean"].idxmax()]
+    fewest, most = cells["seeds"].min(), cells["seeds"].max()
+    seeds = f"{most} seeds" if fewest == most else f"{fewest} to {most} seeds (a cell with fewer did not finish them all)"
+    paper_line = f"the paper's eps = {marked:g} (it gives no p)" if marked is not None else "no paper eps for this row"
+    text = f"""{header(name, f"AOS test macro-F1 (%) over eps x p, {study_row_label(*row)}", parents, runs)}
+- cells: mean ± std over {seeds}; eps = FGSM step in [0, 1] pixel units,
+  p = probability that a minority image of a batch is attacked; marked: {paper_line}.
+
+{markdown_table(wide.reset_index().assign(p=lambda f: fmt("g", f["p"])))}
+
+Best cell: eps = {best['eps']:g}, p = {best['p']:g}, {best['mean']:.2f} ± {best['std']:.2f}.
+"""
+    figure = heatmap(cells, marked, f"{name}: AOS mean macro-F1, {study_row_label(*row)}")
+    return write_files(out, name, text, cells, figure, runs, [*STUDY_ROW, *GRID, "seed", "f1", "steps"])
+
+
+LAYOUTS: dict[str, Callable[..., list[Path]]] = {"methods": write_methods, "aos_sensitivity": write_sensitivity}

@@ -1,0 +1,104 @@
+"""The studies beyond the paper: every method in one smoke sweep, and the methods and sensitivity report layouts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from conftest import ROOT
+
+from aos_bench import report, studies
+from aos_bench.methods import METHODS
+from aos_bench.tracking import ensure_experiment
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A fresh SQLite store with the aos_bench experiment, set as the current one; its URI."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=ensure_experiment(uri, "aos_bench"))
+    return uri
+
+
+def fake_sweep(uri: str, preset: str, children: list[dict]) -> str:
+    """A FINISHED parent run of `preset` whose children log the given params and F1 as jobs do; its id."""
+    client = mlflow.MlflowClient(uri)
+    parent = client.create_run(mlflow.get_experiment_by_name("aos_bench").experiment_id, tags={"sweep_key": preset, "preset": preset})
+    for i, child in enumerate(children):
+        f1 = child.pop("f1")
+        with mlflow.start_run(tags={"mlflow.parentRunId": parent.info.run_id, "config_hash": f"{preset}-{i}"}):
+            mlflow.log_params({"recipe.name": "paper", "env.threads": 1, "imbalance.rho": 500, **child})
+            mlflow.log_metrics({"test_f1_macro": f1, "train_steps": 100})
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return parent.info.run_id
+
+
+def test_methods_report_ranks_each_row_and_tests_every_method_against_aos(tmp_path, store):
+    offsets = {"base": -10.0, "aos": 0.0, "focal": 5.0}  # F1 = 80 + offset + seed
+    rows = [{"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.3},
+            {"dataset.name": "cifar10", "imbalance.kind": "exp", "imbalance.rho": 100}]  # fmt: skip
+    children = [
+        {**row, "method.name": method, "seed": seed, "f1": 80 + offset + seed - 40 * (row["dataset.name"] == "cifar10")}
+        for row in rows
+        for method, offset in offsets.items()
+        for seed in range(5)
+    ]
+    sweep = fake_sweep(store, "methods", children)
+    paths = report.write_report(store, "aos_bench", sweep, tmp_path / "results")
+    assert [p.name for p in paths] == ["methods.md", "methods.csv", "methods.png", "methods_runs.csv"]
+    table = pd.read_csv(paths[1])
+    mnist = table[table["dataset"] == "mnist"].set_index("method")
+    assert mnist.loc["focal", ["mean", "rank"]].tolist() == [87.0, 1] and mnist.loc["base", "rank"] == 3
+    assert mnist.loc["base", "std"] == pytest.approx(pd.Series(range(5)).std())
+    assert mnist.loc["base", "minus_aos"] == -10 and mnist.loc["base", "p_vs_aos"] == pytest.approx(0.0625)  # 2 / 2^5
+    assert pd.isna(mnist.loc["aos", "minus_aos"])
+    exp_row = table[table["imbalance"] == "exp"]
+    assert exp_row["mu"].isna().all() and exp_row["rho"].eq(100).all() and len(exp_row) == 3
+    text = paths[0].read_text()
+    assert "| row | BASE | AOS | Focal |" in text  # the suite's method order, one column per method
+    assert "| MNIST step mu=0.3 rho=500 | 72.00 ± 1.58 (3) | 82.00 ± 1.58 (2) | 87.00 ± 1.58 (1) |" in text
+    assert "| CIFAR-10 exp rho=100 | 32.00 ± 1.58 (3) |" in text
+    assert "| mean rank | 3.00 | 2.00 | 1.00 |" in text
+    assert "| MNIST step mu=0.3 rho=500 | -10.00, p=0.062 (n=5) | +5.00, p=0.062 (n=5) |" in text
+
+
+def test_sensitivity_report_is_a_heatmap_with_the_papers_eps_marked(tmp_path, store):
+    children = [
+        {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.9, "method.name": "aos",
+         "method.eps": eps, "method.p": p, "seed": seed, "f1": 50 + 100 * eps + 10 * p + seed}
+        for eps in (0.05, 0.1, 0.2)
+        for p in (0.5, 1.0)
+        for seed in (0, 1)
+    ]  # fmt: skip
+    sweep = fake_sweep(store, "aos_sensitivity", children)
+    paths = report.write_report(store, "aos_bench", sweep, tmp_path / "results")
+    cells = pd.read_csv(paths[1]).set_index(["eps", "p"])
+    assert len(cells) == 6 and cells.loc[(0.1, 1.0), "mean"] == pytest.approx(70.5) and (cells["seeds"] == 2).all()
+    text = paths[0].read_text()
+    assert "| p | eps=0.05 | eps=0.1 (paper) | eps=0.2 |" in text and "Best cell: eps = 0.2, p = 1" in text
+    runs = report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
+    figure = studies.heatmap(studies.grid_cells(runs), 0.1, "t")
+    outline = [patch for patch in figure.axes[0].patches if not patch.get_fill()]
+    assert len(outline) == 1 and outline[0].get_x() == pytest.approx(0.5)  # around the second column, eps = 0.1
+
+
+def test_every_method_finishes_a_smoke_sweep_and_the_methods_report(tmp_path):
+    home = tmp_path / "home"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "mpl"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's package and conf/, whichever copy is installed
+    # ++method.*: multi-step targeted AOS; the other methods ignore the two keys
+    args = ["experiment=smoke", "preset=methods", "imbalance.mu=0.3", f"method={','.join(METHODS)}", "seed=0,1",
+            "train.max_steps=2", "++method.steps=2", "++method.targeted=true", f"hydra.sweep.dir={tmp_path}/multirun"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "aos_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["aos_bench"], filter_string="tags.config_hash LIKE '%'")
+    assert sorted(runs["params.method.name"]) == sorted(list(METHODS) * 2)
+    assert (runs["status"] == "FINISHED").all() and (runs["metrics.train_steps"] == 2).all()
+    table = pd.read_csv(tmp_path / "multirun" / "methods.csv")  # the methods layout, chosen by the preset
+    assert sorted(table["method"]) == sorted(METHODS) and table["seeds"].eq(2).all()
