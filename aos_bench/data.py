@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import resize
 
+from aos_bench.errors import UsageError  # re-exported: modules import it from here
+
 # Bump when the cached content or its layout changes, so old cache files are never reused.
 CACHE_FORMAT_VERSION = 1
 # Formats torchvision.io.decode_image reads natively.
@@ -43,10 +45,6 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
-
-
-class UsageError(Exception):
-    """Bad input from the user (config value, missing files): shown as one line, no traceback."""
 
 
 def default_cache_dir() -> Path:

@@ -8,7 +8,8 @@ import torch
 from omegaconf import DictConfig
 from sklearn.metrics import confusion_matrix
 
-from aos_bench.data import ImageData, UsageError, load_data
+from aos_bench.checks import validate as check_values
+from aos_bench.data import ImageData, load_data
 from aos_bench.imbalance import Subset, make_subset
 from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
@@ -18,29 +19,14 @@ from aos_bench.tracking import finished_metrics, job_run
 from aos_bench.runtime import describe, set_up
 from aos_bench.train import fit, pick_device, predict, resolve_precision
 
-EPOCH_SIZES = ("balanced", "method")
-PRECISIONS = ("auto", "fp32", "bf16")
 log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> None:
     """Reject bad config values with one line naming the key, before any data is loaded."""
+    check_values(cfg)  # every key's type and range
     validate_method(cfg.method)
     pick_device(cfg.train.device)
-    if cfg.train.epoch_size not in EPOCH_SIZES:
-        raise UsageError(f"train.epoch_size={cfg.train.epoch_size!r} is not one of: {', '.join(EPOCH_SIZES)}")
-    if cfg.train.precision not in PRECISIONS:
-        raise UsageError(f"train.precision={cfg.train.precision!r} is not one of: {', '.join(PRECISIONS)}")
-    if cfg.train.progress not in ("auto", True, False):
-        raise UsageError(f"train.progress={cfg.train.progress!r} is not one of: auto, true, false")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if not (isinstance(cfg.train[key], int) and cfg.train[key] >= 1):
-            raise UsageError(f"train.{key}={cfg.train[key]!r} must be a whole number >= 1")
-    threads = cfg.train.threads
-    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
-        raise UsageError(f"train.threads={threads!r} must be null (torch's choice) or a whole number >= 1")
-    if not isinstance(cfg.train.deterministic, bool):
-        raise UsageError(f"train.deterministic={cfg.train.deterministic!r} is not one of: true, false")
 
 
 def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tuple[ImageData, Subset]:

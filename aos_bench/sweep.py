@@ -12,30 +12,38 @@ different command, even one whose grid overlaps, is a different sweep and reruns
 self-contained row, and the report never mixes runs of two sweeps.
 """
 
+from __future__ import annotations
+
 import atexit
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aos_bench.data import ImageData, UsageError, load_data
+from aos_bench.checks import hydra_error_line, validate
+from aos_bench.errors import UsageError, reject
 
-from aos_bench.tracking import SWEEP_ENV, ensure_experiment, hashed, require_server, tracking_key, tracking_uri
+if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
+    import mlflow
+
+    from aos_bench.data import ImageData
 
 log = logging.getLogger(__name__)
 
 
 def sweep_key(config: DictConfig) -> str:
     """16 hex digits naming a sweep command: its overrides and the preset's grid, without tracking.NOT_HASHED keys."""
+    from aos_bench.tracking import hashed
+
     overrides = sorted(o for o in config.hydra.overrides.task if hashed(o.split("=", 1)[0].lstrip("+~")))
     grid = OmegaConf.to_container(config.hydra.sweeper).get("params")  # a preset's hydra.sweeper.params
     text = json.dumps({"overrides": overrides, "grid": grid}, sort_keys=True)
@@ -66,6 +74,8 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
 
 def fail_if_running(uri: str, run_id: str) -> None:
     """At exit: a parent run still RUNNING means the sweep stopped before its end (a job failed, Ctrl-C): mark it FAILED."""
+    import mlflow
+
     client = mlflow.MlflowClient(uri)
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_tag(run_id, "error", "the sweep stopped before its last job returned; the same command resumes it")
@@ -79,8 +89,23 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def check_jobs(config: DictConfig) -> None:
-    """Run every job's input checks (config values, data files, imbalance) before the first job trains."""
+def check_values(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+    """Every job's overrides and config, once each value has passed its check (in a second, before torch is imported)."""
+    jobs = []
+    for overrides in job_overrides(config):
+        try:
+            jobs.append((overrides, compose(config.hydra.job.config_name, overrides=overrides)))
+            validate(jobs[-1][1])
+        except HydraException as error:  # Hydra would only warn of an error in a callback, then run the sweep
+            reject(f"{hydra_error_line(error, overrides)} (job: {' '.join(overrides)}; no job of this sweep has run)")
+        except UsageError as error:
+            reject(f"{error} (job: {' '.join(overrides)}; no job of this sweep has run)")
+    return jobs
+
+
+def check_jobs(jobs: list[tuple[list[str], DictConfig]]) -> None:
+    """Run every job's input checks that need the data (files, imbalance) before the first job trains."""
+    from aos_bench.data import load_data
     from aos_bench.job import prepare
 
     loaded: dict[tuple[str, str], ImageData] = {}
@@ -91,11 +116,11 @@ def check_jobs(config: DictConfig) -> None:
             loaded[key] = load_data(dataset, data_dir, cache_dir)
         return loaded[key]
 
-    for overrides in job_overrides(config):
+    for overrides, cfg in jobs:
         try:
-            prepare(compose(config.hydra.job.config_name, overrides=overrides), load=load_once)
+            prepare(cfg, load=load_once)
         except UsageError as error:
-            raise SystemExit(f"aos_bench: {error} (job: {' '.join(overrides)}; no job of this sweep has run)") from None
+            reject(f"{error} (job: {' '.join(overrides)}; no job of this sweep has run)")
 
 
 class SweepTracking(Callback):
@@ -106,9 +131,14 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id."""
+        jobs = check_values(config)
+        import mlflow
+
+        from aos_bench.tracking import SWEEP_ENV, ensure_experiment, require_server, tracking_key, tracking_uri
+
         self.uri = tracking_uri(config.tracking)
-        require_server(self.uri, tracking_key(config.tracking))  # first: seconds, where MLflow's retries take minutes
-        check_jobs(config)
+        require_server(self.uri, tracking_key(config.tracking))  # before the data: seconds, where MLflow's retries take minutes
+        check_jobs(jobs)
         client = mlflow.MlflowClient(self.uri)
         self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))
         os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job
@@ -117,6 +147,8 @@ class SweepTracking(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""
+        import mlflow
+
         client = mlflow.MlflowClient(self.uri)
         client.set_terminated(self.run_id, "FINISHED")
         if not self.report:
