@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     except UsageError as error:
         reject(str(error))
     from aos_bench.job import run
-    from aos_bench.tracking import require_server, tracking_key, tracking_uri
+    from aos_bench.tracking import Terminated, require_server, tracking_key, tracking_uri
 
     single = HydraConfig.get().mode == RunMode.RUN
     if single:  # a multirun checks the server once, in its launching process (aos_bench.sweep)
@@ -38,6 +38,11 @@ def main(cfg: DictConfig) -> float:
         return run(cfg, interactive=interactive)["test_f1_macro"]
     except UsageError as error:
         reject(str(error))
+    except (KeyboardInterrupt, Terminated) as error:  # the job's run is KILLED by now
+        if single or HydraConfig.get().launcher._target_.endswith(".BasicLauncher"):  # this process runs the sweep too
+            print(f"aos_bench: {str(error) or 'interrupted (Ctrl-C)'}; the run is marked KILLED", file=sys.stderr)
+            raise SystemExit(130 if isinstance(error, KeyboardInterrupt) else 143) from None  # 128 + SIGINT or SIGTERM
+        raise  # a job process of joblib or submitit: its launcher gets the job back
 
 
 def hydra_reports_errors() -> None:

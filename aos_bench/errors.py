@@ -10,6 +10,10 @@ class UsageError(Exception):
     """Bad input from the user (config value, missing files): shown as one line, no traceback."""
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run ends FAILED, its message names the step and what to lower."""
+
+
 def reject(message: str) -> NoReturn:
     """Stop the command for bad input: `aos_bench: <message>` on one line of stderr, exit code 2, no traceback."""
     print(f"aos_bench: {message}", file=sys.stderr)

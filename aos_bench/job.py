@@ -47,6 +47,8 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     method = get_method(cfg.method.name)
     set_up(cfg.train)
     tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind, "recipe": cfg.recipe.name}
+    if data.skipped:  # unreadable image files left out with dataset.skip_bad=true
+        tags["skipped_images"] = str(len(data.skipped))
     with job_run(cfg, tags) as active:
         mlflow.log_params(describe(device, resolve_precision(device, cfg.train.precision)))
         torch.manual_seed(cfg.seed)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,14 +73,36 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     return run_id
 
 
-def fail_if_running(uri: str, run_id: str) -> None:
-    """At exit: a parent run still RUNNING means the sweep stopped before its end (a job failed, Ctrl-C): mark it FAILED."""
+def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None) -> None:
+    """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when a signal (`stopped`)
+    or a job's KILLED run says so, else FAILED (a job failed)."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_tag(run_id, "error", "the sweep stopped before its last job returned; the same command resumes it")
-        client.set_terminated(run_id, "FAILED")
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        return
+    last = client.search_runs([run.info.experiment_id], f"tags.sweep = '{run_id}'", order_by=["attributes.start_time DESC"], max_results=1)
+    if stopped or (last and last[0].info.status == "KILLED"):
+        why = f"stopped by {', '.join(stopped)}" if stopped else "a job was stopped by a signal"
+        client.set_tag(run_id, "error", f"{why}; the same command resumes the sweep")
+        client.set_terminated(run_id, "KILLED")
+        return
+    client.set_tag(run_id, "error", "the sweep stopped before its last job returned; the same command resumes it")
+    client.set_terminated(run_id, "FAILED")
+
+
+def stop_on_signals(stopped: list[str]) -> None:
+    """In the launching process, SIGTERM and SIGINT append their name to `stopped` and raise KeyboardInterrupt,
+    which no launcher catches: the sweep stops, and fail_if_running marks its parent run KILLED."""
+
+    def handler(signum: int, frame: object) -> None:
+        """Remember the signal, then stop the sweep."""
+        stopped.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(f"stopped by {stopped[-1]}")
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:
@@ -143,7 +166,9 @@ class SweepTracking(Callback):
         self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))
         os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
-        atexit.register(fail_if_running, self.uri, self.run_id)
+        stopped: list[str] = []
+        stop_on_signals(stopped)
+        atexit.register(fail_if_running, self.uri, self.run_id, stopped)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""

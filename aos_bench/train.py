@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aos_bench.data import UsageError
+from aos_bench.errors import Diverged
 from aos_bench.methods import Method
 
 EXAMPLES = 8  # minority images kept (original and attacked) for adversarial_examples.png
@@ -127,7 +128,7 @@ def fit(
     for epoch in epochs:
         if method_cfg.get("redraw") and epoch:
             positions = method.resample(y, gen)
-        loss_sum = torch.zeros((), device=device)
+        losses = torch.zeros(steps_per_epoch, device=device)  # on the device: checked once an epoch, no sync per step
         adv_images = 0
         model.train()
         for idx in epoch_batches(positions, n_images, cfg["batch_size"], gen):
@@ -148,10 +149,12 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach()
+            losses[stats["train_steps"] - epoch * steps_per_epoch] = loss.detach()
             stats["train_steps"] += 1
         steps = stats["train_steps"] - epoch * steps_per_epoch
-        epoch_stats = {"train_loss": loss_sum.item() / max(1, steps)}  # the epoch's one host sync
+        epoch_stats = {"train_loss": losses.sum().item() / max(1, steps)}  # the epoch's one host sync
+        if not math.isfinite(epoch_stats["train_loss"]):
+            raise diverged(losses, epoch * steps_per_epoch, cfg["lr"])
         if method.perturb is not None:
             epoch_stats["adv_images"] = adv_images
         epochs.set_postfix(loss=f"{epoch_stats['train_loss']:.3f}")
@@ -159,6 +162,12 @@ def fit(
         if stats["train_steps"] == total:
             break
     return stats
+
+
+def diverged(losses: torch.Tensor, first_step: int, lr: float) -> Diverged:
+    """The error for an epoch whose `losses` hold a NaN or infinity, naming the first such step (counted from 1)."""
+    bad = int(torch.nonzero(~torch.isfinite(losses.cumsum(0)))[0])  # a NaN, an infinity, or finite ones summing past the range
+    return Diverged(f"the training loss is {losses[bad].item()} at step {first_step + bad + 1}; lower train.lr (now {lr:g})")
 
 
 @torch.inference_mode()
