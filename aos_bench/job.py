@@ -1,5 +1,6 @@
 """One job: data -> imbalance -> method -> training -> metrics -> MLflow."""
 
+import hashlib
 import logging
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
-from aos_bench.tracking import finished_metrics, job_run
+from aos_bench.tracking import finished_metrics, job_run, tracking_uri, ui_address
 from aos_bench.runtime import describe, set_up
 from aos_bench.train import fit, pick_device, predict, resolve_precision
 
@@ -27,6 +28,11 @@ def validate(cfg: DictConfig) -> None:
     check_values(cfg)  # every key's type and range
     validate_method(cfg.method)
     pick_device(cfg.train.device)
+
+
+def subset_sha256(indices: torch.Tensor) -> str:
+    """SHA-256 of the chosen training indices: runs with equal hashes trained on the same images."""
+    return hashlib.sha256(indices.to(torch.int64).cpu().numpy().tobytes()).hexdigest()
 
 
 def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tuple[ImageData, Subset]:
@@ -47,6 +53,7 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     method = get_method(cfg.method.name)
     set_up(cfg.train)
     tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind, "recipe": cfg.recipe.name}
+    tags["subset_sha256"] = subset_sha256(subset.indices)
     if data.skipped:  # unreadable image files left out with dataset.skip_bad=true
         tags["skipped_images"] = str(len(data.skipped))
     with job_run(cfg, tags) as active:
@@ -87,4 +94,5 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
         if stats["examples"] is not None:
             log_figure(adversarial_figure(*stats["examples"], data.classes), "adversarial_examples.png")
     log.info("run %s: test_f1_macro=%.2f test_accuracy=%.2f", active.info.run_id, metrics["test_f1_macro"], metrics["test_accuracy"])
+    log.info("MLflow: %s", ui_address(tracking_uri(cfg.tracking), active.info.experiment_id))
     return metrics

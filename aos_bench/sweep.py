@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,8 +64,10 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     last = [] if config.force else client.search_runs(
         [experiment_id], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"], max_results=1
     )
+    described = {"mlflow.note.content": f"python -m aos_bench -m {tags['sweep_command']}".rstrip()}  # its description
     if not last:
-        return client.create_run(experiment_id, tags=tags, run_name=f"{tags['preset']} sweep").info.run_id
+        name = f"{config.preset} sweep" if config.preset else f"sweep {time.strftime('%Y-%m-%d %H:%M')}"
+        return client.create_run(experiment_id, tags=tags | described, run_name=name).info.run_id
     run_id = last[0].info.run_id
     client.update_run(run_id, status="RUNNING")
     for name, value in tags.items():
@@ -174,8 +177,11 @@ class SweepTracking(Callback):
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""
         import mlflow
 
+        from aos_bench.tracking import ui_address
+
         client = mlflow.MlflowClient(self.uri)
         client.set_terminated(self.run_id, "FINISHED")
+        log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))
         if not self.report:
             return
         from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too

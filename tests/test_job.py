@@ -45,6 +45,14 @@ def test_multirun_logs_three_finished_runs_with_metrics_and_artifacts(tmp_path):
         assert expected <= names
     aos = table[table["tags.method"] == "aos"].iloc[0]
     assert aos["metrics.adv_images"] > 0
+    assert sorted(table["tags.mlflow.runName"]) == [f"{m} synthetic step mu=0.3 rho=500 seed=0" for m in ("aos", "base", "ros")]
+    assert set(table["tags.mlflow.note.content"]) == {f"python -m aos_bench method={m} dataset=synthetic train=smoke" for m in ("base", "ros", "aos")}
+    assert table["tags.subset_sha256"].nunique() == 1  # one data seed: every method trained on the same images
+    parent = mlflow.search_runs(experiment_names=["aos_bench"], filter_string="tags.sweep_key LIKE '%'").iloc[0]
+    assert parent["tags.mlflow.runName"].startswith("sweep 20") and parent["tags.mlflow.note.content"].startswith("python -m aos_bench -m ")
+    experiment = mlflow.get_experiment_by_name("aos_bench")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in result.stdout + result.stderr
 
 
 def test_equal_steps_for_every_method_by_default(tmp_path):
