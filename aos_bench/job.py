@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 
 import mlflow
@@ -16,7 +17,7 @@ from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
-from aos_bench.tracking import finished_metrics, job_run, tracking_uri, ui_address
+from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, tracking_uri, ui_address
 from aos_bench.runtime import describe, set_up
 from aos_bench.train import fit, pick_device, predict, resolve_precision
 
@@ -94,5 +95,6 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
         if stats["examples"] is not None:
             log_figure(adversarial_figure(*stats["examples"], data.classes), "adversarial_examples.png")
     log.info("run %s: test_f1_macro=%.2f test_accuracy=%.2f", active.info.run_id, metrics["test_f1_macro"], metrics["test_accuracy"])
-    log.info("MLflow: %s", ui_address(tracking_uri(cfg.tracking), active.info.experiment_id))
+    if not os.environ.get(SWEEP_ENV):  # a sweep prints it once, at its end
+        log.info("MLflow: %s", ui_address(tracking_uri(cfg.tracking), active.info.experiment_id))
     return metrics

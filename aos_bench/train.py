@@ -5,7 +5,9 @@ image is already on the device, so a batch costs one gather, one conversion to f
 """
 
 import contextlib
+import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -18,6 +20,7 @@ from aos_bench.errors import Diverged
 from aos_bench.methods import Method
 
 EXAMPLES = 8  # minority images kept (original and attacked) for adversarial_examples.png
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -125,6 +128,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
     stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist()}
     epochs = tqdm(range(cfg["epochs"]), desc="epochs", disable=not progress, leave=False)
+    start = time.perf_counter()
     for epoch in epochs:
         if method_cfg.get("redraw") and epoch:
             positions = method.resample(y, gen)
@@ -159,9 +163,18 @@ def fit(
             epoch_stats["adv_images"] = adv_images
         epochs.set_postfix(loss=f"{epoch_stats['train_loss']:.3f}")
         on_epoch(epoch, epoch_stats)
+        if not progress:  # no bar (a multirun, no terminal): one line per epoch instead
+            log.info(epoch_line(epoch, cfg["epochs"], epoch_stats["train_loss"], stats["train_steps"], total, time.perf_counter() - start))
         if stats["train_steps"] == total:
             break
     return stats
+
+
+def epoch_line(epoch: int, epochs: int, loss: float, steps: int, total: int, seconds: float) -> str:
+    """`epoch 3/40 loss 0.412 12.3 steps/s ETA 4m10s`: where a run without a progress bar stands."""
+    rate = steps / max(seconds, 1e-9)
+    eta = round((total - steps) / rate) if rate else 0
+    return f"epoch {epoch + 1}/{epochs} loss {loss:.3f} {rate:.1f} steps/s ETA {eta // 60}m{eta % 60:02d}s"
 
 
 def diverged(losses: torch.Tensor, first_step: int, lr: float) -> Diverged:
