@@ -15,6 +15,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 RENDER_MS = 20000  # virtual time the page's scripts get to fetch and draw the runs
 
 
+@pytest.mark.slow  # a real `mlflow server` and a browser: about 25 s on 2 busy cores
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here: `apt-get install chromium` (Debian) for this check")
 def test_the_printed_address_lists_the_runs_by_name(tmp_path, server):  # noqa: F811
     cfg = make_config("dataset=synthetic", "train=smoke", "method=base", "train.max_steps=1", f"tracking.uri={server}")
