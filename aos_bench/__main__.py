@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> float:
         reject(str(error))
     except (KeyboardInterrupt, Terminated) as error:  # the job's run is KILLED by now
         if single or HydraConfig.get().launcher._target_.endswith(".BasicLauncher"):  # this process runs the sweep too
-            print(f"aos_bench: {str(error) or 'interrupted (Ctrl-C)'}; the run is marked KILLED", file=sys.stderr)
+            print(f"aos_bench: {str(error) or 'interrupted (Ctrl-C)'}; a run it had started is marked KILLED", file=sys.stderr)
             raise SystemExit(130 if isinstance(error, KeyboardInterrupt) else 143) from None  # 128 + SIGINT or SIGTERM
         raise  # a job process of joblib or submitit: its launcher gets the job back
 

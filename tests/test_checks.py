@@ -50,6 +50,7 @@ def test_a_bad_value_names_its_key_value_and_what_is_allowed(override, line):
 
 
 def test_every_preset_and_option_passes():
+    validate(make_config())  # the README's first command
     for preset in ("smoke", "table2", "noise"):
         for dataset in ("mnist", "cifar10", "intel"):
             validate(make_config(f"experiment={preset}", f"dataset={dataset}", "recipe=modern"))
