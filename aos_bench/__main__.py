@@ -1,23 +1,34 @@
 """Entry point: `python -m aos_bench [overrides]`, `-m` for sweeps."""
 
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from aos_bench.checks import hydra_error_line, validate
+from aos_bench.errors import UsageError, reject
+
 # conf/ at the top of a checkout, or aos_bench/conf inside an installed package
 CONFIG_DIR = next(p for p in (Path(__file__).parent / "conf", Path(__file__).parents[1] / "conf") if p.is_dir())
+HYDRA_RAISES = "HYDRA_FULL_ERROR"  # =1: Hydra raises its errors instead of printing them over several lines
+SET_BY_CLI = []  # holds True while cli() has set HYDRA_RAISES for the user
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one job and return the metric a sweeper would optimise."""
-    from aos_bench.data import UsageError
+    hydra_reports_errors()
+    try:
+        validate(cfg)  # before the imports below: they take seconds
+    except UsageError as error:
+        reject(str(error))
     from aos_bench.job import run
-    from aos_bench.tracking import require_server, tracking_key, tracking_uri
+    from aos_bench.tracking import Terminated, require_server, tracking_key, tracking_uri
 
     single = HydraConfig.get().mode == RunMode.RUN
     if single:  # a multirun checks the server once, in its launching process (aos_bench.sweep)
@@ -26,8 +37,35 @@ def main(cfg: DictConfig) -> float:
     try:
         return run(cfg, interactive=interactive)["test_f1_macro"]
     except UsageError as error:
-        raise SystemExit(f"aos_bench: {error}") from None
+        reject(str(error))
+    except (KeyboardInterrupt, Terminated) as error:  # the job's run is KILLED by now
+        if single or HydraConfig.get().launcher._target_.endswith(".BasicLauncher"):  # this process runs the sweep too
+            print(f"aos_bench: {str(error) or 'interrupted (Ctrl-C)'}; a run it had started is marked KILLED", file=sys.stderr)
+            raise SystemExit(130 if isinstance(error, KeyboardInterrupt) else 143) from None  # 128 + SIGINT or SIGTERM
+        raise  # a job process of joblib or submitit: its launcher gets the job back
+
+
+def hydra_reports_errors() -> None:
+    """From here on, Hydra prints a job's errors as it does by default (cli() had it raise the config's errors)."""
+    if SET_BY_CLI:
+        SET_BY_CLI.clear()
+        os.environ.pop(HYDRA_RAISES, None)
+
+
+def cli() -> None:
+    """`python -m aos_bench`: main(), with Hydra's own errors on one line and exit code 2 (HYDRA_FULL_ERROR=1: in full)."""
+    if os.environ.get(HYDRA_RAISES):  # the user asked for Hydra's full errors
+        main()
+        return
+    os.environ[HYDRA_RAISES] = "1"
+    SET_BY_CLI.append(True)
+    try:
+        main()
+    except HydraException as error:
+        reject(hydra_error_line(error, sys.argv[1:]))
+    finally:
+        hydra_reports_errors()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import resize
 
+from aos_bench.errors import UsageError  # re-exported: modules import it from here
+
 # Bump when the cached content or its layout changes, so old cache files are never reused.
 CACHE_FORMAT_VERSION = 1
 # Formats torchvision.io.decode_image reads natively.
@@ -43,10 +45,7 @@ class ImageData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
-
-
-class UsageError(Exception):
-    """Bad input from the user (config value, missing files): shown as one line, no traceback."""
+    skipped: tuple[str, ...] = ()  # unreadable image files left out (dataset.skip_bad=true)
 
 
 def default_cache_dir() -> Path:
@@ -158,7 +157,7 @@ def _load_cifar10(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageDat
         return _cifar10_torchvision(data_dir, download=False)
     if (folder / "train").is_dir() and (folder / "test").is_dir():
         # dataset.image_size does not apply: CIFAR-10 stays at its native 32x32.
-        return _image_folder_splits(folder / "train", folder / "test", (32, 32), cache_dir)
+        return _image_folder_splits(folder / "train", folder / "test", (32, 32), cache_dir, _bool_option(dataset, "skip_bad"))
     if _bool_option(dataset, "download"):
         return _cifar10_torchvision(data_dir, download=True)
     raise UsageError(
@@ -200,7 +199,7 @@ def _load_intel(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
             f"download the Kaggle dataset {INTEL_KAGGLE} and unpack it so that seg_train/ and seg_test/ "
             f"are under {folder}, or set data_dir (or AOS_DATA_DIR) to the folder that holds intel/"
         )
-    return _image_folder_splits(train, test, (size, size), cache_dir)
+    return _image_folder_splits(train, test, (size, size), cache_dir, _bool_option(dataset, "skip_bad"))
 
 
 def _unnest(split: Path) -> Path:
@@ -209,13 +208,13 @@ def _unnest(split: Path) -> Path:
     return inner if inner.is_dir() else split
 
 
-def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_dir: Path) -> ImageData:
+def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_dir: Path, skip_bad: bool = False) -> ImageData:
     """Both splits of an ImageFolder dataset; the test split must have the train split's classes."""
-    train_x, train_y, classes = _read_image_folder(train, size, cache_dir)
-    test_x, test_y, test_classes = _read_image_folder(test, size, cache_dir)
+    train_x, train_y, classes, train_skipped = _read_image_folder(train, size, cache_dir, skip_bad)
+    test_x, test_y, test_classes, test_skipped = _read_image_folder(test, size, cache_dir, skip_bad)
     if test_classes != classes:
         raise UsageError(f"class folders differ: {train} has {classes}, {test} has {test_classes}")
-    return ImageData(train_x, train_y, test_x, test_y, classes)
+    return ImageData(train_x, train_y, test_x, test_y, classes, (*train_skipped, *test_skipped))
 
 
 def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -253,27 +252,37 @@ def _file_stamp(root: Path, relative: str) -> tuple[str, int, int]:
 
 
 def _read_image_folder(
-    root: Path, size: tuple[int, int], cache_dir: Path
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images (N, 3, H, W) uint8, labels and classes of one ImageFolder split, from the cache when fresh."""
+    root: Path, size: tuple[int, int], cache_dir: Path, skip_bad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Images (N, 3, H, W) uint8, labels, classes and skipped unreadable files of one ImageFolder split, from the cache when fresh."""
     classes, files = _list_image_folder(root)
     cache = _cache_path(root, files, size, cache_dir)
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
-            return saved["x"], saved["y"], saved["classes"]
+            skipped = saved.get("skipped", [])
         # Any unreadable cache file is simply rebuilt.
         except Exception as error:
             warnings.warn(f"ignoring unreadable cache file {cache}: {_one_line(error)}")
-    x = _decode_images([root / relative for relative, _ in files], size)
-    y = torch.tensor([label for _, label in files], dtype=torch.int64)
-    _save_cache(cache, {"x": x, "y": y, "classes": classes})
-    return x, y, classes
+        else:
+            if skipped and not skip_bad:
+                raise UsageError(f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out")
+            return saved["x"], saved["y"], saved["classes"], skipped
+    paths = [root / relative for relative, _ in files]
+    x, kept = _decode_images(paths, size, skip_bad)
+    y = torch.tensor([label for _, label in files], dtype=torch.int64)[kept]
+    skipped = [relative for (relative, _), ok in zip(files, kept.tolist()) if not ok]
+    if skipped:
+        warnings.warn(f"dataset.skip_bad=true: left out {len(skipped)} unreadable images of {root}, the first {root / skipped[0]}")
+    _save_cache(cache, {"x": x, "y": y, "classes": classes, "skipped": skipped})
+    return x, y, classes, skipped
 
 
-def _decode_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
-    """Decode image files to RGB and resize (antialiased) to size where they differ, as one uint8 tensor."""
+def _decode_images(paths: list[Path], size: tuple[int, int], skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode image files to RGB and resize (antialiased) to size where they differ, as one uint8 tensor; with the mask
+    of the files kept (an unreadable file is an error naming it, or with skip_bad left out)."""
     out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
+    kept = torch.ones(len(paths), dtype=torch.bool)
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image codecs in favour of torchcodec and warns on every call.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
@@ -281,11 +290,14 @@ def _decode_images(paths: list[Path], size: tuple[int, int]) -> torch.Tensor:
             try:
                 image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
             except RuntimeError as error:
-                raise UsageError(f"cannot decode image {path}: {_one_line(error)}") from error
+                if not skip_bad:
+                    raise UsageError(f"cannot decode image {path}: {_one_line(error)}; dataset.skip_bad=true leaves such files out") from error
+                kept[i] = False
+                continue
             if tuple(image.shape[-2:]) != size:
                 image = resize(image, list(size), antialias=True)
             out[i] = image
-    return out
+    return (out if bool(kept.all()) else out[kept]), kept
 
 
 def _save_cache(path: Path, content: dict[str, Any]) -> None:
@@ -303,9 +315,11 @@ def _save_cache(path: Path, content: dict[str, Any]) -> None:
             torch.save(content, file)
         # os.replace is atomic: parallel jobs see either no cache file or a complete one.
         os.replace(tmp, path)
-    # torch.save reports a full disk as RuntimeError, other write failures as OSError.
-    except (OSError, RuntimeError) as error:
+    # torch.save reports a full disk as RuntimeError, other write failures as OSError; Ctrl-C or SIGTERM leave no half file.
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if not isinstance(error, (OSError, RuntimeError)):
+            raise
         warnings.warn(f"not caching decoded images: cannot write {path} ({error})")
 
 

@@ -1,6 +1,8 @@
 """One job: data -> imbalance -> method -> training -> metrics -> MLflow."""
 
+import hashlib
 import logging
+import os
 from collections.abc import Callable
 
 import mlflow
@@ -8,39 +10,30 @@ import torch
 from omegaconf import DictConfig
 from sklearn.metrics import confusion_matrix
 
-from aos_bench.data import ImageData, UsageError, load_data
+from aos_bench.checks import validate as check_values
+from aos_bench.data import ImageData, load_data
 from aos_bench.imbalance import Subset, make_subset
 from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
-from aos_bench.tracking import finished_metrics, job_run
+from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, tracking_uri, ui_address
 from aos_bench.runtime import describe, set_up
 from aos_bench.train import fit, pick_device, predict, resolve_precision
 
-EPOCH_SIZES = ("balanced", "method")
-PRECISIONS = ("auto", "fp32", "bf16")
 log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> None:
     """Reject bad config values with one line naming the key, before any data is loaded."""
+    check_values(cfg)  # every key's type and range
     validate_method(cfg.method)
     pick_device(cfg.train.device)
-    if cfg.train.epoch_size not in EPOCH_SIZES:
-        raise UsageError(f"train.epoch_size={cfg.train.epoch_size!r} is not one of: {', '.join(EPOCH_SIZES)}")
-    if cfg.train.precision not in PRECISIONS:
-        raise UsageError(f"train.precision={cfg.train.precision!r} is not one of: {', '.join(PRECISIONS)}")
-    if cfg.train.progress not in ("auto", True, False):
-        raise UsageError(f"train.progress={cfg.train.progress!r} is not one of: auto, true, false")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if not (isinstance(cfg.train[key], int) and cfg.train[key] >= 1):
-            raise UsageError(f"train.{key}={cfg.train[key]!r} must be a whole number >= 1")
-    threads = cfg.train.threads
-    if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
-        raise UsageError(f"train.threads={threads!r} must be null (torch's choice) or a whole number >= 1")
-    if not isinstance(cfg.train.deterministic, bool):
-        raise UsageError(f"train.deterministic={cfg.train.deterministic!r} is not one of: true, false")
+
+
+def subset_sha256(indices: torch.Tensor) -> str:
+    """SHA-256 of the chosen training indices: runs with equal hashes trained on the same images."""
+    return hashlib.sha256(indices.to(torch.int64).cpu().numpy().tobytes()).hexdigest()
 
 
 def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tuple[ImageData, Subset]:
@@ -61,6 +54,9 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     method = get_method(cfg.method.name)
     set_up(cfg.train)
     tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind, "recipe": cfg.recipe.name}
+    tags["subset_sha256"] = subset_sha256(subset.indices)
+    if data.skipped:  # unreadable image files left out with dataset.skip_bad=true
+        tags["skipped_images"] = str(len(data.skipped))
     with job_run(cfg, tags) as active:
         mlflow.log_params(describe(device, resolve_precision(device, cfg.train.precision)))
         torch.manual_seed(cfg.seed)
@@ -101,4 +97,6 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
         if stats["examples"] is not None:
             log_figure(adversarial_figure(*stats["examples"], data.classes), "adversarial_examples.png")
     log.info("run %s: test_f1_macro=%.2f test_accuracy=%.2f", active.info.run_id, metrics["test_f1_macro"], metrics["test_accuracy"])
+    if not os.environ.get(SWEEP_ENV):  # a sweep prints it once, at its end
+        log.info("MLflow: %s", ui_address(tracking_uri(cfg.tracking), active.info.experiment_id))
     return metrics

@@ -106,18 +106,28 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "steps": runs["metrics.train_steps"],
             "artifact_uri": runs["artifact_uri"],
             "recipe": recipe,
+            "subset": runs.reindex(columns=["tags.subset_sha256"])["tags.subset_sha256"].astype(object).fillna(UNRECORDED),
             **{key: runs.reindex(columns=[f"params.env.{key}"])[f"params.env.{key}"].astype(object).fillna(UNRECORDED) for key in ENV},
         }
     )
 
 
 def one_table(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
-    """`runs` if they make one table: one recipe, and one run per row, method, seed and thread count; else ValueError."""
+    """`runs` if they make one table: one recipe, one training subset per row and seed, and one run per row, method,
+    seed and thread count; else ValueError."""
     recipes = sorted(runs["recipe"].unique())
     if len(recipes) > 1:
         raise ValueError(
             f"sweep {sweeps} mixes the recipes {', '.join(recipes)}: one table holds one recipe; "
             "run each recipe as its own sweep (recipe=<name>) and report each"
+        )
+    recorded = runs[runs["subset"] != UNRECORDED]
+    subsets = recorded.groupby([*ROW, "seed"], dropna=False)["subset"].nunique()
+    if (subsets > 1).any():
+        row = dict(zip([*ROW, "seed"], subsets[subsets > 1].index[0]))
+        raise ValueError(
+            f"sweep {sweeps}: the methods of {row} trained on different images (subset_sha256 differs), so their "
+            "comparison is not paired; give every method of a seed the same data_seed"
         )
     repeated = runs.duplicated(ROW + ["method", "seed", "threads"])
     if repeated.any():

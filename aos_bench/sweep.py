@@ -12,30 +12,40 @@ different command, even one whose grid overlaps, is a different sweep and reruns
 self-contained row, and the report never mixes runs of two sweeps.
 """
 
+from __future__ import annotations
+
 import atexit
 import hashlib
 import json
 import logging
 import os
+import signal
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aos_bench.data import ImageData, UsageError, load_data
+from aos_bench.checks import hydra_error_line, validate
+from aos_bench.errors import UsageError, reject
 
-from aos_bench.tracking import SWEEP_ENV, ensure_experiment, hashed, require_server, tracking_key, tracking_uri
+if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
+    import mlflow
+
+    from aos_bench.data import ImageData
 
 log = logging.getLogger(__name__)
 
 
 def sweep_key(config: DictConfig) -> str:
     """16 hex digits naming a sweep command: its overrides and the preset's grid, without tracking.NOT_HASHED keys."""
+    from aos_bench.tracking import hashed
+
     overrides = sorted(o for o in config.hydra.overrides.task if hashed(o.split("=", 1)[0].lstrip("+~")))
     grid = OmegaConf.to_container(config.hydra.sweeper).get("params")  # a preset's hydra.sweeper.params
     text = json.dumps({"overrides": overrides, "grid": grid}, sort_keys=True)
@@ -54,8 +64,10 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     last = [] if config.force else client.search_runs(
         [experiment_id], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"], max_results=1
     )
+    described = {"mlflow.note.content": f"python -m aos_bench -m {tags['sweep_command']}".rstrip()}  # its description
     if not last:
-        return client.create_run(experiment_id, tags=tags, run_name=f"{tags['preset']} sweep").info.run_id
+        name = f"{config.preset} sweep" if config.preset else f"sweep {time.strftime('%Y-%m-%d %H:%M')}"
+        return client.create_run(experiment_id, tags=tags | described, run_name=name).info.run_id
     run_id = last[0].info.run_id
     client.update_run(run_id, status="RUNNING")
     for name, value in tags.items():
@@ -64,12 +76,36 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     return run_id
 
 
-def fail_if_running(uri: str, run_id: str) -> None:
-    """At exit: a parent run still RUNNING means the sweep stopped before its end (a job failed, Ctrl-C): mark it FAILED."""
+def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None) -> None:
+    """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when a signal (`stopped`)
+    or a job's KILLED run says so, else FAILED (a job failed)."""
+    import mlflow
+
     client = mlflow.MlflowClient(uri)
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_tag(run_id, "error", "the sweep stopped before its last job returned; the same command resumes it")
-        client.set_terminated(run_id, "FAILED")
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING":
+        return
+    last = client.search_runs([run.info.experiment_id], f"tags.sweep = '{run_id}'", order_by=["attributes.start_time DESC"], max_results=1)
+    if stopped or (last and last[0].info.status == "KILLED"):
+        why = f"stopped by {', '.join(stopped)}" if stopped else "a job was stopped by a signal"
+        client.set_tag(run_id, "error", f"{why}; the same command resumes the sweep")
+        client.set_terminated(run_id, "KILLED")
+        return
+    client.set_tag(run_id, "error", "the sweep stopped before its last job returned; the same command resumes it")
+    client.set_terminated(run_id, "FAILED")
+
+
+def stop_on_signals(stopped: list[str]) -> None:
+    """In the launching process, SIGTERM and SIGINT append their name to `stopped` and raise KeyboardInterrupt,
+    which no launcher catches: the sweep stops, and fail_if_running marks its parent run KILLED."""
+
+    def handler(signum: int, frame: object) -> None:
+        """Remember the signal, then stop the sweep."""
+        stopped.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(f"stopped by {stopped[-1]}")
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:
@@ -79,8 +115,23 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def check_jobs(config: DictConfig) -> None:
-    """Run every job's input checks (config values, data files, imbalance) before the first job trains."""
+def check_values(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+    """Every job's overrides and config, once each value has passed its check (in a second, before torch is imported)."""
+    jobs = []
+    for overrides in job_overrides(config):
+        try:
+            jobs.append((overrides, compose(config.hydra.job.config_name, overrides=overrides)))
+            validate(jobs[-1][1])
+        except HydraException as error:  # Hydra would only warn of an error in a callback, then run the sweep
+            reject(f"{hydra_error_line(error, overrides)} (job: {' '.join(overrides)}; no job of this sweep has run)")
+        except UsageError as error:
+            reject(f"{error} (job: {' '.join(overrides)}; no job of this sweep has run)")
+    return jobs
+
+
+def check_jobs(jobs: list[tuple[list[str], DictConfig]]) -> None:
+    """Run every job's input checks that need the data (files, imbalance) before the first job trains."""
+    from aos_bench.data import load_data
     from aos_bench.job import prepare
 
     loaded: dict[tuple[str, str], ImageData] = {}
@@ -91,11 +142,11 @@ def check_jobs(config: DictConfig) -> None:
             loaded[key] = load_data(dataset, data_dir, cache_dir)
         return loaded[key]
 
-    for overrides in job_overrides(config):
+    for overrides, cfg in jobs:
         try:
-            prepare(compose(config.hydra.job.config_name, overrides=overrides), load=load_once)
+            prepare(cfg, load=load_once)
         except UsageError as error:
-            raise SystemExit(f"aos_bench: {error} (job: {' '.join(overrides)}; no job of this sweep has run)") from None
+            reject(f"{error} (job: {' '.join(overrides)}; no job of this sweep has run)")
 
 
 class SweepTracking(Callback):
@@ -106,19 +157,31 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id."""
+        jobs = check_values(config)
+        import mlflow
+
+        from aos_bench.tracking import SWEEP_ENV, ensure_experiment, require_server, tracking_key, tracking_uri
+
         self.uri = tracking_uri(config.tracking)
-        require_server(self.uri, tracking_key(config.tracking))  # first: seconds, where MLflow's retries take minutes
-        check_jobs(config)
+        require_server(self.uri, tracking_key(config.tracking))  # before the data: seconds, where MLflow's retries take minutes
+        check_jobs(jobs)
         client = mlflow.MlflowClient(self.uri)
         self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))
         os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
-        atexit.register(fail_if_running, self.uri, self.run_id)
+        stopped: list[str] = []
+        stop_on_signals(stopped)
+        atexit.register(fail_if_running, self.uri, self.run_id, stopped)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""
+        import mlflow
+
+        from aos_bench.tracking import ui_address
+
         client = mlflow.MlflowClient(self.uri)
         client.set_terminated(self.run_id, "FINISHED")
+        log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))
         if not self.report:
             return
         from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too

@@ -22,6 +22,8 @@ ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` ta
 SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_bench.sweep to every job process
 # Keys that say where runs go or how they print, not what they compute: left out of config_hash and of the sweep key.
 NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: a training experiment, not GenAI
+UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"  # the page of an experiment's training runs (MLflow 3.x)
 SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before any job starts (MLflow's client retries for minutes)
 
 
@@ -120,9 +122,32 @@ def ensure_experiment(uri: str, name: str) -> str:
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def ui_address(uri: str, experiment_id: str) -> str:
+    """Where a person sees the experiment's runs: the server's page, or the command that serves a file store and its page."""
+    page = UI_RUNS.format(experiment_id)
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{page}"
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A job run's name in the paper's words: `aos mnist step mu=0.3 rho=500 seed=0`."""
+    shape = {"step": ("mu", "rho"), "linear": ("rho",)}.get(cfg.imbalance.kind, ())
+    return " ".join([cfg.method.name, cfg.dataset.name, cfg.imbalance.kind, *(f"{k}={cfg.imbalance[k]}" for k in shape), f"seed={cfg.seed}"])
+
+
+def command_line() -> str:
+    """The command that made this job: `python -m aos_bench` and the job's own overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "aos_bench.job.run() called from Python"
+    return " ".join(["python -m aos_bench", *HydraConfig.get().overrides.task])
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
@@ -172,7 +197,11 @@ def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveR
     """One MLflow run for one job, in a multirun nested under its sweep's; ends FINISHED, or FAILED (KILLED when
     interrupted or sent SIGTERM) with the `error` tag."""
     experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
-    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(cfg, tags)) as run, sigterm_raises() as received:
+    described = {"mlflow.note.content": command_line()}  # the run's description in the UI
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name(cfg), tags=run_tags(cfg, tags) | described) as run,
+        sigterm_raises() as received,
+    ):
         try:
             mlflow.log_params(flat_params(cfg))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")

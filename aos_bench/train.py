@@ -5,7 +5,9 @@ image is already on the device, so a batch costs one gather, one conversion to f
 """
 
 import contextlib
+import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -14,9 +16,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aos_bench.data import UsageError
+from aos_bench.errors import Diverged
 from aos_bench.methods import Method
 
 EXAMPLES = 8  # minority images kept (original and attacked) for adversarial_examples.png
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -127,10 +131,11 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
     stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist()}
     epochs = tqdm(range(cfg["epochs"]), desc="epochs", disable=not progress, leave=False)
+    start = time.perf_counter()
     for epoch in epochs:
         if method_cfg.get("redraw") and epoch:
             positions = method.resample(y, gen)
-        loss_sum = torch.zeros((), device=device)
+        losses = torch.zeros(steps_per_epoch, device=device)  # on the device: checked once an epoch, no sync per step
         adv_images = 0
         model.train()
         for idx in epoch_batches(positions, n_images, cfg["batch_size"], gen):
@@ -155,17 +160,34 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach()
+            losses[stats["train_steps"] - epoch * steps_per_epoch] = loss.detach()
             stats["train_steps"] += 1
         steps = stats["train_steps"] - epoch * steps_per_epoch
-        epoch_stats = {"train_loss": loss_sum.item() / max(1, steps)}  # the epoch's one host sync
+        epoch_stats = {"train_loss": losses.sum().item() / max(1, steps)}  # the epoch's one host sync
+        if not math.isfinite(epoch_stats["train_loss"]):
+            raise diverged(losses, epoch * steps_per_epoch, cfg["lr"])
         if method.perturb is not None:
             epoch_stats["adv_images"] = adv_images
         epochs.set_postfix(loss=f"{epoch_stats['train_loss']:.3f}")
         on_epoch(epoch, epoch_stats)
+        if not progress:  # no bar (a multirun, no terminal): one line per epoch instead
+            log.info(epoch_line(epoch, cfg["epochs"], epoch_stats["train_loss"], stats["train_steps"], total, time.perf_counter() - start))
         if stats["train_steps"] == total:
             break
     return stats
+
+
+def epoch_line(epoch: int, epochs: int, loss: float, steps: int, total: int, seconds: float) -> str:
+    """`epoch 3/40 loss 0.412 12.3 steps/s ETA 4m10s`: where a run without a progress bar stands."""
+    rate = steps / max(seconds, 1e-9)
+    eta = round((total - steps) / rate) if rate else 0
+    return f"epoch {epoch + 1}/{epochs} loss {loss:.3f} {rate:.1f} steps/s ETA {eta // 60}m{eta % 60:02d}s"
+
+
+def diverged(losses: torch.Tensor, first_step: int, lr: float) -> Diverged:
+    """The error for an epoch whose `losses` hold a NaN or infinity, naming the first such step (counted from 1)."""
+    bad = int(torch.nonzero(~torch.isfinite(losses.cumsum(0)))[0])  # a NaN, an infinity, or finite ones summing past the range
+    return Diverged(f"the training loss is {losses[bad].item()} at step {first_step + bad + 1}; lower train.lr (now {lr:g})")
 
 
 @torch.inference_mode()

@@ -12,7 +12,8 @@ Every pipeline trains the same architecture on the same imbalanced subset with t
   transform (ToTensor, the dataset's augmentation, Normalize), DataLoader(shuffle=True), fp32, default memory format;
   for AOS, FGSM on the whole batch, kept for the masked minority images;
 - suite: aos_bench.train.fit itself, timed over --steps steps after a --warmup-step fit (its set-up included).
-Start-up (imports, config, cached data, MLflow run) is timed on its own, once per dataset.
+Start-up (imports, config, cached data, MLflow run) is timed on its own, once per dataset, and so is a command
+rejected for a bad value (`python -m aos_bench train.lr=-1`: its one-line error and exit code 2).
 """
 
 import argparse
@@ -232,7 +233,7 @@ def startup_seconds(cfg: DictConfig, compose_s: float, load_s: float) -> dict[st
     """Start-up of one training run: a fresh interpreter's imports, config composition, data loading, MLflow run."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import aos_bench.__main__, aos_bench.job"], check=True, cwd=ROOT)
-    times = {"imports": time.perf_counter() - start, "config": compose_s, "data": load_s}
+    times = {"imports": time.perf_counter() - start, "config": compose_s, "data": load_s, "rejected": rejected_seconds()}
     with tempfile.TemporaryDirectory() as store:
         tracked = OmegaConf.merge(cfg, {"tracking": {"uri": f"sqlite:///{store}/mlflow.db"}})
         for key in ("mlflow_new_store", "mlflow_next_run"):
@@ -242,6 +243,18 @@ def startup_seconds(cfg: DictConfig, compose_s: float, load_s: float) -> dict[st
             times[key] = time.perf_counter() - start
     base = times["imports"] + times["config"] + times["data"]
     return times | {"total": base + times["mlflow_new_store"], "total_existing_store": base + times["mlflow_next_run"]}
+
+
+def rejected_seconds() -> float:
+    """Wall time of a fresh `python -m aos_bench train.lr=-1` until it exits with its one-line error (goal: <= 2 s)."""
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, wherever the command starts
+        result = subprocess.run([sys.executable, "-m", "aos_bench", "train.lr=-1"], cwd=folder, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+    if result.returncode != 2 or result.stderr.count("\n") != 1:
+        raise RuntimeError(f"train.lr=-1 was not rejected in one line with exit code 2:\n{result.stderr}")
+    return seconds
 
 
 def ratios(rate: dict[str, float], attacked: float | None) -> dict:
@@ -384,6 +397,7 @@ def markdown(result: dict, setup: dict, command: str) -> str:
         f"- start-up: {start['total']:.2f} s = imports {start['imports']:.2f} (fresh interpreter) + config {start['config']:.2f} "
         f"+ data {start['data']:.2f} + MLflow run {start['mlflow_new_store']:.2f} in a new store; "
         f"{start['total_existing_store']:.2f} s with the run in an existing store ({start['mlflow_next_run']:.2f})",
+        f"- a rejected command (`python -m aos_bench train.lr=-1`): {start['rejected']:.2f} s to its one-line error, exit code 2",
         "",
     ])
 

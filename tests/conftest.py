@@ -30,6 +30,18 @@ def make_config(*overrides: str) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
+@pytest.fixture(autouse=True)
+def restore_tracking_uri() -> Iterator[None]:
+    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: undo that after each test, so that a store of an
+    in-process test never becomes the store of a later test's subprocesses."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked gpu skip, with the reason, where torch sees no CUDA device."""
     if torch.cuda.is_available():

@@ -19,7 +19,7 @@ METRICS = ["test_f1_macro", "test_f1_weighted", "test_accuracy", "test_balanced_
 
 def aos_bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m aos_bench ARGS` in tmp_path, tracking into tmp_path/mlruns."""
-    env = {"PATH": "/usr/bin:/bin", "AOS_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+    env = {"PATH": "/usr/bin:/bin", "AOS_CACHE_DIR": str(tmp_path / "cache"), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "aos_bench", *args, f"hydra.run.dir={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -45,6 +45,14 @@ def test_multirun_logs_three_finished_runs_with_metrics_and_artifacts(tmp_path):
         assert expected <= names
     aos = table[table["tags.method"] == "aos"].iloc[0]
     assert aos["metrics.adv_images"] > 0
+    assert sorted(table["tags.mlflow.runName"]) == [f"{m} synthetic step mu=0.3 rho=500 seed=0" for m in ("aos", "base", "ros")]
+    assert set(table["tags.mlflow.note.content"]) == {f"python -m aos_bench method={m} dataset=synthetic train=smoke" for m in ("base", "ros", "aos")}
+    assert table["tags.subset_sha256"].nunique() == 1  # one data seed: every method trained on the same images
+    parent = mlflow.search_runs(experiment_names=["aos_bench"], filter_string="tags.sweep_key LIKE '%'").iloc[0]
+    assert parent["tags.mlflow.runName"].startswith("sweep 20") and parent["tags.mlflow.note.content"].startswith("python -m aos_bench -m ")
+    experiment = mlflow.get_experiment_by_name("aos_bench")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in result.stdout + result.stderr
 
 
 def test_equal_steps_for_every_method_by_default(tmp_path):
@@ -68,13 +76,13 @@ def runs_at(tmp_path: Path, method: str) -> int:
     ("override", "message"),
     [
         ("imbalance.mu=0.01", "imbalance.mu=0.01 gives k=0"),
-        ("method.p=2", "method.p=2"),
-        ("train.epoch_size=half", "train.epoch_size='half'"),
+        ("method.p=2", "method.p=2: a number in [0, 1]"),
+        ("train.epoch_size=half", "train.epoch_size=half: one of: balanced, method"),
     ],
 )
 def test_bad_input_is_one_line_before_any_run(tmp_path, override, message):
     result = aos_bench(tmp_path, "dataset=synthetic", "train=smoke", override)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "mlruns").exists(), "a run was created for bad input"
@@ -82,7 +90,7 @@ def test_bad_input_is_one_line_before_any_run(tmp_path, override, message):
 
 def test_bad_value_in_a_sweep_stops_it_before_any_job_trains(tmp_path):
     result = aos_bench(tmp_path, "-m", "dataset=synthetic", "train=smoke", "method=base,aos", "imbalance.mu=0.3,0.01")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "imbalance.mu=0.01 gives k=0" in result.stderr and "no job of this sweep has run" in result.stderr
     assert not (tmp_path / "mlruns").exists(), "a job ran or a run was created before the bad job was found"
@@ -90,7 +98,7 @@ def test_bad_value_in_a_sweep_stops_it_before_any_job_trains(tmp_path):
 
 def test_missing_data_names_the_directory(tmp_path):
     result = aos_bench(tmp_path, "data_dir=nowhere", "dataset.download=false")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nowhere/MNIST/raw" in result.stderr and result.stderr.strip().count("\n") == 0
 
 

@@ -25,7 +25,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A bare environment for the subprocesses: one shared matplotlib font cache (not one built per test), and one
     torch thread per process, as these tiny models gain nothing from more and parallel jobs would oversubscribe."""
     home = tmp_path_factory.mktemp("home")
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"), "OMP_NUM_THREADS": "1"}
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,181 @@
+"""Every config value checked for type and range before torch, MLflow or any data is touched.
+
+One table, RULES, says what each key accepts. A key that the composed config lacks (an option without it) is
+skipped; checks that need the data (how many classes `imbalance.mu` leaves as minority) stay where the data is.
+"""
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from aos_bench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key accepts: a test of its value, and the words that tell a user what is allowed."""
+
+    allowed: str
+    ok: Callable[[object], bool]
+
+
+def show(value: object) -> str:
+    """A value as a user types it on the command line: null, true, 0.1, [1, 2], abc."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return f"[{', '.join(show(v) for v in value)}]"
+    return str(value)
+
+
+def is_number(value: object) -> bool:
+    """An int or a finite float, not a bool (YAML's true is an int to Python)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def whole(minimum: int, nullable: str = "") -> Rule:
+    """A whole number >= minimum; `nullable` says what null means where null is allowed."""
+    allowed = f"a whole number >= {minimum}" + (f", or null ({nullable})" if nullable else "")
+    return Rule(allowed, lambda v: (bool(nullable) and v is None) or (is_number(v) and isinstance(v, int) and v >= minimum))
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False, unit: str = "") -> Rule:
+    """A number in the interval from low to high, each end open or closed."""
+    interval = f"{'(' if low_open else '['}{low:g}, {'inf' if high == math.inf else f'{high:g}'}{')' if high_open else ']'}"
+    words = f"a number in {interval}" if high != math.inf else f"a number {'>' if low_open else '>='} {low:g}"
+    return Rule(
+        words + (f" ({unit})" if unit else ""),
+        lambda v: is_number(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high),
+    )
+
+
+def choice(*options: object) -> Rule:
+    """One of the given values."""
+    return Rule(f"one of: {', '.join(show(o) for o in options)}", lambda v: any(v == o and type(v) is type(o) for o in options))
+
+
+def flag() -> Rule:
+    """true or false."""
+    return choice(True, False)
+
+
+def text(nullable: str = "") -> Rule:
+    """A non-empty string; `nullable` says what null means where null is allowed."""
+    return Rule("a non-empty text" + (f", or null ({nullable})" if nullable else ""), lambda v: (bool(nullable) and v is None) or (isinstance(v, str) and v != ""))
+
+
+def numbers(item: Rule, length: int | None = None) -> Rule:
+    """A list whose items each pass `item` (of `length` items when given)."""
+    size = f"{length} " if length else ""
+    return Rule(
+        f"a list of {size}items, each {item.allowed}",
+        lambda v: isinstance(v, (list, ListConfig)) and len(v) >= 1 and (length is None or len(v) == length) and all(item.ok(i) for i in v),
+    )
+
+
+RULES: dict[str, Rule] = {
+    "seed": whole(0),
+    "data_seed": whole(0),
+    "data_dir": text(),
+    "cache_dir": text("$AOS_CACHE_DIR, else ~/.cache/aos_bench"),
+    "force": flag(),
+    "dataset.image_size": whole(1),
+    "dataset.download": flag(),
+    "dataset.skip_bad": flag(),
+    "dataset.channels": whole(1),
+    "dataset.n_classes": whole(2),
+    "dataset.train_per_class": whole(1),
+    "dataset.test_per_class": whole(1),
+    "dataset.seed": whole(0),
+    "dataset.mean": numbers(number(0, 1)),
+    "dataset.std": numbers(number(0, low_open=True)),
+    "dataset.augment.flip": flag(),
+    "dataset.augment.crop_pad": whole(0),
+    "imbalance.kind": choice("none", "step", "linear", "exp"),
+    "imbalance.mu": number(0, 1, low_open=True, unit="fraction of classes that are minority"),
+    "imbalance.rho": number(1, unit="largest class size / smallest"),
+    "imbalance.n_max": whole(1, "the smallest class size of the train split"),
+    "method.eps": number(0, 1, unit="FGSM step in pixel units of [0, 1] images"),
+    "method.p": number(0, 1, unit="a probability"),
+    "method.redraw": flag(),
+    "method.steps": whole(1),
+    "method.targeted": flag(),
+    "method.k": whole(1),
+    "method.beta": Rule("null (inverse frequency), or a number in [0, 1)", lambda v: v is None or (is_number(v) and 0 <= v < 1)),
+    "method.gamma": number(0),
+    "method.max_m": number(0, unit="logit units"),
+    "method.s": number(0, low_open=True),
+    "method.drw_start": number(0, 1, unit="fraction of the optimizer steps"),
+    "method.tau": number(0),
+    "model.widths": numbers(whole(1)),
+    "model.hidden": numbers(whole(1)),
+    "model.dropout": numbers(number(0, 1, high_open=True)),
+    "model.pad_input": whole(0),
+    "model.conv_relu": flag(),
+    "model.convs_per_stage": whole(1),
+    "train.epochs": whole(1),
+    "train.lr": number(0, low_open=True, unit="peak SGD learning rate"),
+    "train.momentum": number(0, 1, high_open=True),
+    "train.weight_decay": number(0),
+    "train.warmup": number(0, 1, unit="fraction of all steps"),
+    "train.batch_size": whole(1),
+    "train.eval_batch_size": whole(1),
+    "train.max_steps": whole(1, "epochs x steps per epoch"),
+    "train.epoch_size": choice("balanced", "method"),
+    "train.device": choice("auto", "cpu", "cuda"),
+    "train.precision": choice("auto", "fp32", "bf16"),
+    "train.threads": whole(1, "torch's choice"),
+    "train.deterministic": flag(),
+    "train.compile": flag(),
+    "train.progress": choice("auto", True, False),
+    "tracking.uri": text("$MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db"),
+    "tracking.experiment": text(),
+}
+ABSENT = object()  # OmegaConf.select's default for a key the composed config does not have
+OPTIONAL = ("dataset.", "imbalance.", "method.", "model.")  # keys that only some options of these groups have
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UsageError `<key>=<value>: <what is allowed>` for the first value that breaks its rule, or a missing key."""
+    for key, rule in RULES.items():
+        try:
+            value = OmegaConf.select(cfg, key, default=ABSENT, throw_on_missing=True)
+        except OmegaConfBaseException as error:  # ??? left unset, or ${...} naming nothing
+            raise UsageError(f"{key}: {str(error).splitlines()[0]}") from None
+        if value is ABSENT and not key.startswith(OPTIONAL):
+            raise UsageError(f"{key} is missing: it must be {rule.allowed}")
+        if value is not ABSENT and not rule.ok(value):
+            raise UsageError(f"{key}={show(value)}: {rule.allowed}")
+
+
+def override_value(key: str, overrides: list[str]) -> str:
+    """The value that the command line gave `key` (the last override of it), or `?`."""
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    return given[-1] if given else "?"
+
+
+def hydra_error_line(error: HydraException, overrides: list[str]) -> str:
+    """Hydra's error about an unknown option or key, or an override it cannot parse, as `<key>=<value>: <allowed>`."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return f"{group}={name}: one of: {', '.join(error.options)}"
+    if isinstance(error, MissingConfigException):
+        return f"--config-name={error.missing_cfg_file}: no such config in the config directory"
+    if isinstance(error, OverrideParseException):
+        return f"{error.override}: not a valid override ({first}); the grammar: https://hydra.cc/docs/advanced/override_grammar/basic/"
+    if match := re.match(r"Could not override '([^']+)'", first):
+        key = match[1]
+        parent = key.rpartition(".")[0] or "the config"
+        return f"{key}={override_value(key, overrides)}: no such key in {parent}; `python -m aos_bench --cfg job` lists them all"
+    if match := re.match(r"Could not append to config. An item is already at '([^']+)'", first):
+        key = match[1]
+        return f"+{key}={override_value(key, overrides)}: {key} exists already; set it without the +"
+    return first
