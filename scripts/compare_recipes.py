@@ -28,8 +28,9 @@ def paired(recipes: dict[str, pd.DataFrame], both: pd.DataFrame) -> str:
             row = table.merge(pd.DataFrame([key._asdict()]), on=ROW).iloc[0]
             holds = {True: "yes", False: "no"}.get(row["paper_order_holds"], "")
             lines.append(
-                f"| {NAMES.get(key.dataset, key.dataset)} | {key.mu:g} | {key.rho:g} | `{recipe}` | {row['aos_minus_ros']:+.2f} | "
-                f"{row['p_aos_vs_ros']:.3f} | {row['aos_minus_base']:+.2f} | {row['p_aos_vs_base']:.3f} | {row['order']} | {holds} |"
+                f"| {NAMES.get(key.dataset, key.dataset)} | {key.mu:g} | {key.rho:g} | `{recipe}` | {row['aos_minus_ros']:+.2f} "
+                f"(n={row['pairs_aos_ros']:.0f}) | {row['p_aos_vs_ros']:.3f} | {row['aos_minus_base']:+.2f} (n={row['pairs_aos_base']:.0f}) | "
+                f"{row['p_aos_vs_base']:.3f} | {row['order']} | {holds} |"
             )
     return "\n".join(lines)
 
