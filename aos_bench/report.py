@@ -20,8 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from aos_bench.__main__ import CONFIG_DIR  # noqa: E402
 from aos_bench.tracking import require_server, tracking_uri  # noqa: E402
 
 METRIC = "test_f1_macro"  # the tables' F1, in percent (the paper does not name its average; macro weighs every class alike)
@@ -34,35 +36,11 @@ NAMES = {
 }
 UNRECORDED = "unrecorded"  # a param that runs logged before the suite recorded it
 ENV = ("torch", "device", "threads", "precision", "deterministic")  # env.* params named in a report, as logged by job.run
-EXACT_UP_TO = 16
-DIFFERENCES = (2, 5, 10)  # F1 points: differences whose required number of seeds the noise report gives  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
+EXACT_UP_TO = 16  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
+DIFFERENCES = (2, 5, 10)  # F1 points: differences whose required number of seeds the noise report gives
 
-# The paper's PUBLISHED values (Wojciechowski and Lango, Tables 1 and 2; F1 in percent, test sets, step imbalance),
-# to compare our measurements against; never reported as ours. One row: (dataset, mu, rho, BASE, ROS, AOS).
-PAPER = {
-    "table1": {
-        "name": "Table 1",
-        "eps": 0.007,
-        "rows": [
-            ("intel", 0.4, 20, 72.68, 71.66, 73.69),
-            ("cifar10", 0.4, 60, 46.34, 60.18, 60.77),
-            ("intel", 0.6, 20, 61.32, 62.48, 66.33),
-            ("cifar10", 0.6, 60, 35.77, 52.67, 54.10),
-            ("intel", 0.8, 20, 61.12, 64.56, 65.16),
-            ("cifar10", 0.8, 60, 31.90, 49.84, 51.18),
-        ],
-    },
-    "table2": {
-        "name": "Table 2",
-        "eps": 0.1,
-        "rows": [
-            ("mnist", 0.3, 500, 83.39, 86.60, 92.92),
-            ("cifar10", 0.3, 500, 44.66, 43.83, 45.41),
-            ("mnist", 0.9, 500, 76.38, 79.69, 83.51),
-            ("cifar10", 0.9, 500, 2.35, 7.59, 16.26),
-        ],
-    },
-}
+# The paper's published values: conf/paper.yaml (data beside the configs, not code)
+PAPER = yaml.safe_load((CONFIG_DIR / "paper.yaml").read_text())
 
 
 def find_sweep(experiment_id: str, sweep: str) -> mlflow.entities.Run:

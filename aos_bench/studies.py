@@ -176,7 +176,7 @@ def write_files(
 def paper_eps(dataset: str, mu: float, rho: float) -> float | None:
     """The eps of the paper's table that has this dataset, mu and rho; None if it has none."""
     for spec in PAPER.values():
-        if any(row[:3] == (dataset, mu, rho) for row in spec["rows"]):
+        if any(tuple(row[:3]) == (dataset, mu, rho) for row in spec["rows"]):
             return spec["eps"]
     return None
 
