@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", help="comma-separated: mnist, cifar10, intel")
-    parser.add_argument("--model", default=None, help="model config (conf/model/*.yaml); default: the dataset's")
+    parser.add_argument("--recipe", default=None, help="recipe (conf/recipe/*.yaml): its model and augmentation; default: the suite's")
+    parser.add_argument("--model", default=None, help="model config (conf/model/*.yaml); default: the recipe's")
     parser.add_argument("--methods", default="base,ros,aos", help="comma-separated suite methods")
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per pipeline")
@@ -82,6 +83,7 @@ def config(args: argparse.Namespace, dataset: str, method: str = "aos") -> DictC
     """The project's real config for this dataset and method, with the benchmark's batch size and device."""
     overrides = [f"dataset={dataset}", f"method={method}", f"data_dir={args.data_dir}", f"train.batch_size={args.batch_size}"]
     overrides += [f"train.device={args.device}", f"train.precision={args.precision}", "train.progress=false"]
+    overrides += [f"recipe={args.recipe}"] if args.recipe else []
     overrides += [f"model={args.model}"] if args.model else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
