@@ -76,9 +76,10 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     return run_id
 
 
-def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None) -> None:
-    """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when a signal (`stopped`)
-    or a job's KILLED run says so, else FAILED (a job failed)."""
+def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, jobs_in_process: bool = True) -> None:
+    """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when this process got a
+    signal (`stopped`, or a KILLED job run when jobs run in this process), else FAILED: a job failed, or a job in
+    another process was stopped (scancel, a preemption) while the sweep itself was not."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -86,7 +87,7 @@ def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None) -> 
     if run.info.status != "RUNNING":
         return
     last = client.search_runs([run.info.experiment_id], f"tags.sweep = '{run_id}'", order_by=["attributes.start_time DESC"], max_results=1)
-    if stopped or (last and last[0].info.status == "KILLED"):
+    if stopped or (jobs_in_process and last and last[0].info.status == "KILLED"):
         why = f"stopped by {', '.join(stopped)}" if stopped else "a job was stopped by a signal"
         client.set_tag(run_id, "error", f"{why}; the same command resumes the sweep")
         client.set_terminated(run_id, "KILLED")
@@ -171,7 +172,8 @@ class SweepTracking(Callback):
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
         stopped: list[str] = []
         stop_on_signals(stopped)
-        atexit.register(fail_if_running, self.uri, self.run_id, stopped)
+        in_process = str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")  # jobs share our signals
+        atexit.register(fail_if_running, self.uri, self.run_id, stopped, in_process)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""

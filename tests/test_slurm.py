@@ -73,7 +73,7 @@ def test_four_job_sweep_nests_every_run_under_one_parent_and_writes_the_report(t
         ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]  # fmt: skip
     assert len(list((tmp_path / "multirun" / ".submitit").glob("*_[0-3]/*_result.pkl"))) == 4  # four SLURM array tasks
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents["run_id"].iloc[0], "report")}
-    assert artifacts == {"report/smoke.md", "report/smoke.csv", "report/smoke.png"}
+    assert artifacts == {"report/smoke.md", "report/smoke.csv", "report/smoke.png", "report/smoke_runs.csv"}
     assert "| synthetic | 0.3 | 20 |" in (tmp_path / "multirun" / "smoke.md").read_text()
 
 
