@@ -67,9 +67,8 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
     # a config run twice in one sweep (two launches racing on a resume) counts once: its latest run
     hashes = runs.sort_values("end_time").reindex(columns=["tags.config_hash"])["tags.config_hash"]
     runs = runs.loc[hashes[~(hashes.notna() & hashes.duplicated(keep="last"))].index]
-    columns = ["params.imbalance.mu", "params.imbalance.rho", "params.method.eps", "params.method.p", "params.recipe.name"]
+    columns = ["params.imbalance.mu", "params.imbalance.rho", "params.method.eps", "params.method.p"]
     params = runs.reindex(columns=[*columns, "params.imbalance.kind"])
-    recipe = params["params.recipe.name"].astype(object).fillna(UNRECORDED)
     return pd.DataFrame(
         {
             "dataset": runs["params.dataset.name"],
@@ -83,11 +82,16 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "f1": runs[f"metrics.{METRIC}"],
             "steps": runs["metrics.train_steps"],
             "artifact_uri": runs["artifact_uri"],
-            "recipe": recipe,
-            "subset": runs.reindex(columns=["tags.subset_sha256"])["tags.subset_sha256"].astype(object).fillna(UNRECORDED),
-            **{key: runs.reindex(columns=[f"params.env.{key}"])[f"params.env.{key}"].astype(object).fillna(UNRECORDED) for key in ENV},
+            "recipe": recorded(runs, "params.recipe.name"),
+            "subset": recorded(runs, "tags.subset_sha256"),
+            **{key: recorded(runs, f"params.env.{key}") for key in ENV},
         }
     )
+
+
+def recorded(runs: pd.DataFrame, column: str) -> pd.Series:
+    """A param or tag column of `runs` as text, UNRECORDED where a run predates it (or no run has it)."""
+    return runs.reindex(columns=[column])[column].astype(object).fillna(UNRECORDED)
 
 
 def one_table(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
