@@ -87,7 +87,7 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
         )
         y_true = data.test_y.numpy()
         priors = torch.tensor(subset.sizes, device=device)  # the imbalanced set's class sizes, for test-time corrections
-        adjust = (lambda logits: method.adjust(logits, priors, cfg.method)) if method.adjust else (lambda logits: logits)
+        adjust = (lambda logits: method.adjust(logits, priors, cfg.method)) if method.adjust else None
         y_pred = predict(model, data.test_x.to(device), cfg.train.eval_batch_size, cfg.train.precision, adjust).cpu().numpy()
         metrics = scores(y_true, y_pred, len(data.classes), subset.minority_classes)
         mlflow.log_metrics({**metrics, "train_steps": stats["train_steps"]})

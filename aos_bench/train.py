@@ -196,9 +196,10 @@ def predict(
     x: torch.Tensor,
     batch_size: int,
     precision: str = "auto",
-    adjust: Callable[[torch.Tensor], torch.Tensor] = lambda logits: logits,
+    adjust: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Predicted labels of uint8 images `x` (on the model's device): argmax of adjust(logits)."""
+    """Predicted labels of uint8 images `x` (on the model's device): argmax of the logits, or of adjust(logits)."""
+    scores = adjust or (lambda logits: logits)
     model.eval()
     with autocast(x.device, precision):
-        return torch.cat([adjust(model(to_input(x[i : i + batch_size]))).argmax(1) for i in range(0, len(x), batch_size)])
+        return torch.cat([scores(model(to_input(x[i : i + batch_size]))).argmax(1) for i in range(0, len(x), batch_size)])
