@@ -72,8 +72,17 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     client.update_run(run_id, status="RUNNING")
     for name, value in tags.items():
         client.set_tag(run_id, name, value)
+    close_orphans(client, experiment_id, run_id)
     log.info("resuming sweep %s: its jobs with a FINISHED run are skipped (force=true reruns them all)", run_id)
     return run_id
+
+
+def close_orphans(client: mlflow.MlflowClient, experiment_id: str, run_id: str) -> None:
+    """Mark KILLED the job runs that the sweep's previous launch left RUNNING: a worker process killed with its
+    launcher (joblib's, at a SIGINT or SIGKILL) cannot end its own run. The resume reruns their jobs."""
+    for orphan in client.search_runs([experiment_id], f"tags.sweep = '{run_id}' and attributes.status = 'RUNNING'"):
+        client.set_tag(orphan.info.run_id, "error", "left RUNNING when its sweep's launch stopped; the resume reruns its job")
+        client.set_terminated(orphan.info.run_id, "KILLED")
 
 
 def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, jobs_in_process: bool = True) -> None:

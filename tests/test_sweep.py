@@ -206,8 +206,10 @@ def test_same_command_reopens_its_parent_run_and_force_starts_a_new_one(tmp_path
     first = sweep.open_parent(sweep_config("experiment=smoke"), client, experiment_id)
     sweep.fail_if_running(uri, first)  # the launching process exits before on_multirun_end
     assert client.get_run(first).info.status == "FAILED" and "resumes" in client.get_run(first).data.tags["error"]
+    orphan = client.create_run(experiment_id, tags={"sweep": first}).info.run_id  # a job whose worker was killed
     again = sweep.open_parent(sweep_config("experiment=smoke", f"tracking.uri={uri}"), client, experiment_id)
     assert again == first and client.get_run(first).info.status == "RUNNING"  # where runs go is not the sweep
+    assert client.get_run(orphan).info.status == "KILLED"
     other = sweep.open_parent(sweep_config("experiment=smoke", "train.epochs=3"), client, experiment_id)
     forced = sweep.open_parent(sweep_config("experiment=smoke", "force=true"), client, experiment_id)
     assert len({first, other, forced}) == 3
@@ -224,10 +226,11 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     assert sorted(children["params.seed"]) == ["0", "1", "2", "3"] and (children["status"] == "FINISHED").all()
     assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
     assert (children["params.data_seed"] == children["params.seed"]).all()
-    # interrupted: seed 1 was killed while running, seed 2 never started, the sweep ended FAILED
+    # interrupted: seed 1's worker was killed while it ran (its run left RUNNING), seed 2 never started, the sweep
+    # ended FAILED
     client = mlflow.MlflowClient()
     run_of_seed = children.set_index("params.seed")["run_id"]
-    client.set_terminated(run_of_seed["1"], "KILLED")
+    client.update_run(run_of_seed["1"], status="RUNNING")
     client.delete_run(run_of_seed["2"])
     client.set_terminated(parents["run_id"].iloc[0], "FAILED")
 
@@ -239,7 +242,8 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     finished = children[children["status"] == "FINISHED"]
     assert sorted(finished["params.seed"]) == ["0", "1", "2", "3"]
     assert {run_of_seed["0"], run_of_seed["3"]} <= set(finished["run_id"])
-    assert sorted(children["status"]) == ["FINISHED"] * 4 + ["KILLED"]
+    assert sorted(children["status"]) == ["FINISHED"] * 4 + ["KILLED"]  # the resume closed seed 1's orphan run
+    assert "resume reruns" in client.get_run(run_of_seed["1"]).data.tags["error"]
 
 
 def test_submitit_local_jobs_nest_under_the_parent(tmp_path, env, empty_store):
