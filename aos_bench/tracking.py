@@ -31,16 +31,22 @@ class Terminated(Exception):
     """SIGTERM during a run: scancel, a preemption or a time limit. An Exception, so that the launcher gets the job back."""
 
 
+class SigTerm(BaseException):
+    """What the SIGTERM handler raises: not an Exception, so that no `except Exception` on its way swallows it (logging's
+    handlers do, when the signal lands while a line is written, and the job would train on until SIGKILL); job_run
+    turns it into Terminated once the run is marked KILLED."""
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[list[int]]:
-    """Within the block, SIGTERM raises Terminated (SLURM's and submitit's default would leave the run RUNNING);
+    """Within the block, SIGTERM raises SigTerm (SLURM's and submitit's default would leave the run RUNNING);
     yields the signals received, since code the exception passes through (MLflow's) may wrap it in another."""
     received: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
         """Remember the signal and raise where the job is."""
         received.append(signum)
-        raise Terminated(f"stopped by {signal.Signals(signum).name} (scancel, a preemption or a time limit)")
+        raise SigTerm(f"stopped by {signal.Signals(signum).name} (scancel, a preemption or a time limit)")
 
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield received
@@ -209,4 +215,6 @@ def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveR
         except BaseException as error:
             mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
             mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) or received else "FAILED")
+            if isinstance(error, SigTerm):
+                raise Terminated(str(error)) from None
             raise

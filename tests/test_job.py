@@ -1,5 +1,6 @@
 """End to end: the real entry point, configs and MLflow store, on the synthetic dataset (and MNIST where present)."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from conftest import DATA, ROOT, make_config, needs
 from aos_bench import job
 from aos_bench.tracking import Terminated
 
+REAL_PREDICT = job.predict
 ARTIFACTS = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}
 METRICS = ["test_f1_macro", "test_f1_weighted", "test_accuracy", "test_balanced_accuracy", "test_gmean"]
 
@@ -116,11 +118,31 @@ def test_a_run_that_raises_ends_failed_with_the_error(tmp_path, monkeypatch):
     assert table["tags.error"].iloc[0] == "RuntimeError: evaluation broke"
 
 
-def test_a_run_sent_sigterm_ends_killed_and_the_handler_is_restored(tmp_path, monkeypatch):
-    def cancelled(*args, **kwargs):  # scancel, a preemption or a time limit, in the middle of the job
+class SignalledStream:
+    """A log stream that receives SIGTERM while a line is written: inside logging's `except Exception`."""
+
+    def write(self, text: str) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(job, "predict", cancelled)
+    def flush(self) -> None:
+        pass
+
+
+def cancelled_while_logging(*args, **kwargs):  # then predicts as usual, if the signal was swallowed
+    logger = logging.getLogger("aos_bench.tests.signalled")
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler(SignalledStream()))
+    logger.warning("a line being written")
+    return REAL_PREDICT(*args, **kwargs)
+
+
+def cancelled(*args, **kwargs):  # scancel, a preemption or a time limit, in the middle of the job
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("predict", [cancelled, cancelled_while_logging], ids=["computing", "logging"])
+def test_a_run_sent_sigterm_ends_killed_and_the_handler_is_restored(tmp_path, monkeypatch, predict):
+    monkeypatch.setattr(job, "predict", predict)
     before = signal.getsignal(signal.SIGTERM)
     cfg = make_config("dataset=synthetic", "train=smoke", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(Terminated):
