@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from aos_bench.checks import hydra_error_line, validate
 from aos_bench.errors import UsageError, reject
+from aos_bench.sweep import jobs_in_process
 
 # conf/ at the top of a checkout, or aos_bench/conf inside an installed package
 CONFIG_DIR = next(p for p in (Path(__file__).parent / "conf", Path(__file__).parents[1] / "conf") if p.is_dir())
@@ -39,7 +40,7 @@ def main(cfg: DictConfig) -> float:
     except UsageError as error:
         reject(str(error))
     except (KeyboardInterrupt, Terminated) as error:  # the job's run is KILLED by now
-        if single or HydraConfig.get().launcher._target_.endswith(".BasicLauncher"):  # this process runs the sweep too
+        if single or jobs_in_process(HydraConfig.get().launcher):  # this process runs the sweep too
             print(f"aos_bench: {str(error) or 'interrupted (Ctrl-C)'}; a run it had started is marked KILLED", file=sys.stderr)
             raise SystemExit(130 if isinstance(error, KeyboardInterrupt) else 143) from None  # 128 + SIGINT or SIGTERM
         raise  # a job process of joblib or submitit: its launcher gets the job back

@@ -105,6 +105,12 @@ def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, job
     client.set_terminated(run_id, "FAILED")
 
 
+def jobs_in_process(launcher: DictConfig) -> bool:
+    """Whether this Hydra launcher runs the jobs in the launching process (Hydra's basic one), sharing its signals,
+    rather than in worker processes (joblib) or cluster jobs (submitit)."""
+    return str(launcher.get("_target_", "")).endswith(".BasicLauncher")
+
+
 def stop_on_signals(stopped: list[str]) -> None:
     """In the launching process, SIGTERM and SIGINT append their name to `stopped` and raise KeyboardInterrupt,
     which no launcher catches: the sweep stops, and fail_if_running marks its parent run KILLED."""
@@ -181,8 +187,7 @@ class SweepTracking(Callback):
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
         stopped: list[str] = []
         stop_on_signals(stopped)
-        in_process = str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher")  # jobs share our signals
-        atexit.register(fail_if_running, self.uri, self.run_id, stopped, in_process)
+        atexit.register(fail_if_running, self.uri, self.run_id, stopped, jobs_in_process(config.hydra.launcher))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""

@@ -131,8 +131,12 @@ class SignalledStream:
 def cancelled_while_logging(*args, **kwargs):  # then predicts as usual, if the signal was swallowed
     logger = logging.getLogger("aos_bench.tests.signalled")
     logger.propagate = False
-    logger.addHandler(logging.StreamHandler(SignalledStream()))
-    logger.warning("a line being written")
+    handler = logging.StreamHandler(SignalledStream())
+    logger.addHandler(handler)
+    try:
+        logger.warning("a line being written")
+    finally:
+        logger.removeHandler(handler)  # no later line sends a signal
     return REAL_PREDICT(*args, **kwargs)
 
 
