@@ -41,7 +41,7 @@ raw=$data/MNIST/raw
 for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
   [[ -f $raw/$name || -f $raw/$name.gz ]] || fail "AOS_DATA_DIR=$data: allowed: a folder whose MNIST/raw holds $name or $name.gz"
 done
-py=${PYTHON:-python3}
+py=$(command -v "${PYTHON:-python3}") && py=$(realpath -s "$py") || fail "PYTHON=${PYTHON:-python3}: allowed: a Python interpreter (a name on PATH or a path)"  # absolute: step 5 runs in another folder
 mkdir -p "$out" && out=$(cd "$out" && pwd)
 work=$(mktemp -d)
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" AOS_DATA_DIR=$data AOS_CACHE_DIR=$work/cache PYTHONUNBUFFERED=1
@@ -82,6 +82,9 @@ install() {
     [[ $pins == gpu_stack ]] && return 1
     echo "pip cannot add the missing packages without replacing one: again, with only torch*, triton, numpy, nvidia*, cuda* pinned"
   done
+  # Packages whose needs are the node's stack, without those needs (gpu_requirements_nodeps.txt).
+  "$py" -m pip install "${dry[@]}" "${source[@]}" --no-deps -r scripts/gpu_requirements_nodeps.txt \
+    | { grep -v '^Requirement already satisfied' || true; } || return
   # The project itself without its dependencies: the node logs with mlflow-skinny, not mlflow (gpu_requirements.txt).
   "$py" -m pip install "${dry[@]}" --no-index --no-deps --no-build-isolation -e . || return
   if ((dry_run)) && [[ -n $wheels ]]; then
@@ -92,8 +95,10 @@ install() {
       --implementation cp --python-version 3.12 "${tags[@]}" --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
       --report "$work/fresh.json" -r scripts/gpu_requirements.txt | tail -1 || return
     if grep -q '"name": "torch"' "$work/fresh.json"; then echo "a fresh install would pull torch"; return 1; fi
+    "$py" -m pip install --dry-run --ignore-installed --no-index --find-links "$wheels" --only-binary=:all: --no-deps \
+      --implementation cp --python-version 3.12 -r scripts/gpu_requirements_nodeps.txt | tail -1 || return
   fi
-  "$py" -c 'import hydra, omegaconf, mlflow, sqlalchemy, alembic, hydra_plugins.hydra_joblib_launcher; print("imports: ok")'
+  "$py" -c 'import hydra, omegaconf, mlflow, sqlalchemy, alembic, hydra_plugins.hydra_joblib_launcher, imblearn; print("imports: ok")'
 }
 say "2/6 install the project without network$( ((dry_run)) && echo ' (pip --dry-run)')"
 step install

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The wheel folder for scripts/gpu_check.sh --wheels DIR: scripts/gpu_requirements.txt and all their dependencies,
+# plus scripts/gpu_requirements_nodeps.txt alone,
 # as binary wheels for the GPU node's Python and platform (pip download; run it where PyPI can be reached).
 #   scripts/gpu_wheels.sh /work/gpu-wheels                         # CPython 3.12 on manylinux x86_64
 #   scripts/gpu_wheels.sh DIR --python-version 3.11 --arch aarch64
@@ -39,4 +40,6 @@ mkdir -p "$dir"
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$dir" "antlr4-python3-runtime==4.9.*"
 "$python" -m pip download --quiet --only-binary=:all: --implementation cp --python-version "$version" "${platforms[@]}" \
   --find-links "$dir" --dest "$dir" -r "$here/gpu_requirements.txt" "${pins[@]}"
+"$python" -m pip download --quiet --no-deps --only-binary=:all: --implementation cp --python-version "$version" \
+  "${platforms[@]}" --dest "$dir" -r "$here/gpu_requirements_nodeps.txt"
 echo "$(ls "$dir"/*.whl | wc -l) wheels, $(du -sh "$dir" | cut -f1) in $dir"

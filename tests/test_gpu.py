@@ -26,7 +26,7 @@ def prepared(*overrides: str) -> tuple:
 def new_model(cfg, data: ImageData, device: torch.device) -> torch.nn.Module:
     """The job's model, seeded, on `device` in channels_last, as job.run builds it."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.train_x.shape[1], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+    model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
     return model.to(device, memory_format=torch.channels_last)
 
 
