@@ -125,6 +125,7 @@ RULES: dict[str, Rule] = {
     "train.momentum": number(0, 1, high_open=True),
     "train.weight_decay": number(0),
     "train.warmup": number(0, 1, unit="fraction of all steps"),
+    "train.clip_norm": Rule("a number > 0 (the gradient's largest L2 norm), or null (no clipping)", lambda v: v is None or (is_number(v) and v > 0)),
     "train.batch_size": whole(1),
     "train.eval_batch_size": whole(1),
     "train.max_steps": whole(1, "epochs x steps per epoch"),

@@ -136,6 +136,7 @@ def fit(
         if method_cfg.get("redraw") and epoch:
             positions = method.resample(y, gen)
         losses = torch.zeros(steps_per_epoch, device=device)  # on the device: checked once an epoch, no sync per step
+        clipped = torch.zeros((), dtype=torch.int64, device=device)
         adv_images = 0
         model.train()
         for idx in epoch_batches(positions, n_images, cfg["batch_size"], gen):
@@ -158,6 +159,8 @@ def fit(
                     loss = method.loss(logits.float(), yb, counts, method_cfg, stats["train_steps"] / total)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg["clip_norm"] is not None:
+                clipped += nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_norm"]) > cfg["clip_norm"]
             optimizer.step()
             scheduler.step()
             losses[stats["train_steps"] - epoch * steps_per_epoch] = loss.detach()
@@ -166,6 +169,8 @@ def fit(
         epoch_stats = {"train_loss": losses.sum().item() / max(1, steps)}  # the epoch's one host sync
         if not math.isfinite(epoch_stats["train_loss"]):
             raise diverged(losses, epoch * steps_per_epoch, cfg["lr"])
+        if cfg["clip_norm"] is not None:
+            epoch_stats["clipped_steps"] = clipped.item()  # steps whose gradient was rescaled
         if method.perturb is not None:
             epoch_stats["adv_images"] = adv_images
         epochs.set_postfix(loss=f"{epoch_stats['train_loss']:.3f}")

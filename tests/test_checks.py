@@ -37,6 +37,7 @@ except SystemExit as stop:
         ("train.max_steps=0", "train.max_steps=0: a whole number >= 1, or null"),
         ("train.epoch_size=half", "train.epoch_size=half: one of: balanced, method"),
         ("train.warmup=nan", "train.warmup=nan: a number in [0, 1]"),
+        ("train.clip_norm=0", "train.clip_norm=0: a number > 0 (the gradient's largest L2 norm), or null (no clipping)"),
         ("imbalance.rho=0.5", "imbalance.rho=0.5: a number >= 1"),
         ("model.widths=[8,x]", "model.widths=[8, x]: a list of items, each a whole number >= 1"),
         ("dataset.augment.flip=maybe", "dataset.augment.flip=maybe: one of: true, false"),

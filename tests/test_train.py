@@ -86,6 +86,27 @@ def test_aos_picks_the_same_images_for_a_seed():
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
 
 
+
+def test_clip_norm_caps_the_step_and_the_run_counts_clipped_steps():
+    # one plain SGD step (no warm-up, no weight decay, momentum ~0): the parameters move by lr x the clipped gradient
+    cfg = make_config("dataset=synthetic", "method=base", "train.lr=1", "train.warmup=0", "train.weight_decay=0", "train.momentum=1e-9",
+                      "train.max_steps=1", "train.epochs=1")
+    x, y = torch.randint(0, 256, (64, 1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 4
+    moved = {}
+    for clip in (None, 0.01):
+        cfg.train.clip_norm = clip
+        torch.manual_seed(0)
+        model = build_model(cfg.model, x.shape[1:], 4, cfg.dataset.mean, cfg.dataset.std)
+        before = torch.cat([param.detach().flatten().clone() for param in model.parameters()])
+        epochs = []
+        train.fit(model, x, y, get_method(cfg.method.name), cfg.train, cfg.method, cfg.dataset.augment, [0], 0,
+                  on_epoch=lambda epoch, stats: epochs.append(stats))
+        moved[clip] = (torch.cat([param.detach().flatten() for param in model.parameters()]) - before).norm().item()
+        assert ("clipped_steps" in epochs[0]) == (clip is not None)
+    assert moved[None] > 0.05 and moved[0.01] == pytest.approx(0.01, rel=1e-4)
+    assert epochs[0]["clipped_steps"] == 1
+
+
 @pytest.mark.gpu
 def test_on_the_gpu_aos_attacks_a_fraction_p_of_minority_images_and_stays_in_range():
     steps, p = synthetic_aos(0, "cuda"), make_config("method=aos").method.p
