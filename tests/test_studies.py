@@ -28,10 +28,13 @@ def fake_sweep(uri: str, preset: str, children: list[dict]) -> str:
     client = mlflow.MlflowClient(uri)
     parent = client.create_run(mlflow.get_experiment_by_name("aos_bench").experiment_id, tags={"sweep_key": preset, "preset": preset})
     for i, child in enumerate(children):
-        f1 = child.pop("f1")
-        with mlflow.start_run(tags={"mlflow.parentRunId": parent.info.run_id, "config_hash": f"{preset}-{i}"}):
+        f1, error = child.pop("f1"), child.pop("error", None)  # a job with an error ends FAILED, as a diverged one does
+        tags = {"mlflow.parentRunId": parent.info.run_id, "config_hash": f"{preset}-{i}"} | ({"error": error} if error else {})
+        with mlflow.start_run(tags=tags) as run:
             mlflow.log_params({"recipe.name": "paper", "env.threads": 1, "imbalance.rho": 500, **child})
-            mlflow.log_metrics({"test_f1_macro": f1, "train_steps": 100})
+            mlflow.log_metrics({"test_f1_macro": f1, "train_steps": 100} if f1 is not None else {})
+        if error:
+            client.set_terminated(run.info.run_id, "FAILED")
     client.set_terminated(parent.info.run_id, "FINISHED")
     return parent.info.run_id
 
@@ -73,11 +76,14 @@ def test_sensitivity_report_is_a_heatmap_with_the_papers_eps_marked(tmp_path, st
         for p in (0.5, 1.0)
         for seed in (0, 1)
     ]  # fmt: skip
-    sweep = fake_sweep(store, "aos_sensitivity", children)
+    diverged = {**children[-1], "seed": 2, "f1": None, "error": "Diverged: the training loss is nan at step 7"}
+    sweep = fake_sweep(store, "aos_sensitivity", [*children, diverged])
     paths = report.write_report(store, "aos_bench", sweep, tmp_path / "results")
     cells = pd.read_csv(paths[1]).set_index(["eps", "p"])
     assert len(cells) == 6 and cells.loc[(0.1, 1.0), "mean"] == pytest.approx(70.5) and (cells["seeds"] == 2).all()
     text = paths[0].read_text()
+    assert "**not in the table: 1 job(s) of the sweep without a FINISHED run**" in text  # the diverged job is named
+    assert "`dataset.name=mnist imbalance.kind=step imbalance.mu=0.9 method.name=aos method.eps=0.2 method.p=1.0 seed=2`: FAILED, Diverged: the training loss is nan at step 7" in text
     assert "| p | eps=0.05 | eps=0.1 (paper) | eps=0.2 |" in text and "Best cell: eps = 0.2, p = 1" in text
     runs = report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
     figure = studies.heatmap(studies.grid_cells(runs), 0.1, "t")
