@@ -98,6 +98,7 @@ def unfinished(experiment_id: str, sweep_id: str) -> pd.DataFrame:
     runs = runs[~runs["tags.config_hash"].isin(done)].sort_values("start_time")
     return runs.drop_duplicates("tags.config_hash", keep="last")
 
+
 def recorded(runs: pd.DataFrame, column: str) -> pd.Series:
     """A param or tag column of `runs` as text, UNRECORDED where a run predates it (or no run has it)."""
     return runs.reindex(columns=[column])[column].astype(object).fillna(UNRECORDED)
@@ -382,6 +383,7 @@ def missing_jobs(parents: Sequence[mlflow.entities.Run]) -> str:
         error = job.get("tags.error")
         lines.append(f"  - `{settings}`: {job['status']}" + (f", {error}" if isinstance(error, str) else ""))
     return f"\n- **not in the table: {len(jobs)} job(s) of the sweep without a FINISHED run** (the last run of each):\n" + "\n".join(lines)
+
 
 def markdown(
     name: str, parents: Sequence[mlflow.entities.Run], table: pd.DataFrame, pairs: pd.DataFrame, runs: pd.DataFrame, extra: str = ""
