@@ -86,7 +86,6 @@ def test_aos_picks_the_same_images_for_a_seed():
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
 
 
-
 def test_clip_norm_caps_the_step_and_the_run_counts_clipped_steps():
     # one plain SGD step (no warm-up, no weight decay, momentum ~0): the parameters move by lr x the clipped gradient
     cfg = make_config("dataset=synthetic", "method=base", "train.lr=1", "train.warmup=0", "train.weight_decay=0", "train.momentum=1e-9",
