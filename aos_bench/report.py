@@ -35,6 +35,9 @@ NAMES = {
     "balanced_softmax": "Bal. softmax", "threshold": "Threshold",
 }
 UNRECORDED = "unrecorded"  # a param that runs logged before the suite recorded it
+# What a recipe sets (conf/recipe_dataset/), as dotted config keys or their prefixes: one table holds one value of each
+# per dataset, since two states of one recipe carry the same recipe.name
+RECIPE_KEYS = ("model.", "train.epochs", "train.epoch_size", "train.lr", "train.clip_norm", "dataset.augment.", "dataset.image_size")
 ENV = ("torch", "device", "threads", "precision", "deterministic")  # env.* params named in a report, as logged by job.run
 EXACT_UP_TO = 16  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
 DIFFERENCES = (2, 5, 10)  # F1 points: differences whose required number of seeds the noise report gives
@@ -85,8 +88,15 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "recipe": recorded(runs, "params.recipe.name"),
             "subset": recorded(runs, "tags.subset_sha256"),
             **{key: recorded(runs, f"params.env.{key}") for key in ENV},
+            **{column.removeprefix("params."): runs[column] for column in runs.columns if is_recipe_param(column)},
         }
     )
+
+
+def is_recipe_param(column: str) -> bool:
+    """Whether an MLflow params column holds a value the recipe sets (RECIPE_KEYS)."""
+    key = column.removeprefix("params.")
+    return column.startswith("params.") and any(key == name or (name.endswith(".") and key.startswith(name)) for name in RECIPE_KEYS)
 
 
 def unfinished(experiment_id: str, sweep_id: str) -> pd.DataFrame:
@@ -104,15 +114,29 @@ def recorded(runs: pd.DataFrame, column: str) -> pd.Series:
     return runs.reindex(columns=[column])[column].astype(object).fillna(UNRECORDED)
 
 
-def one_table(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
-    """`runs` if they make one table: one recipe, one training subset per row and seed, and one run per row, method,
-    seed and thread count; else ValueError."""
+def one_recipe(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
+    """`runs` if they ran one recipe, by name and by what it set on each dataset (RECIPE_KEYS); else ValueError naming
+    the first key that differs and its values (runs from before a key was logged do not count for it)."""
     recipes = sorted(runs["recipe"].unique())
     if len(recipes) > 1:
         raise ValueError(
             f"sweep {sweeps} mixes the recipes {', '.join(recipes)}: one table holds one recipe; "
             "run each recipe as its own sweep (recipe=<name>) and report each"
         )
+    for key in sorted(column for column in runs.columns if column.startswith(RECIPE_KEYS)):
+        for dataset, values in runs.groupby("dataset")[key]:
+            seen = sorted(set(values.dropna().astype(str)))
+            if len(seen) > 1:
+                raise ValueError(
+                    f"sweep {sweeps}: recipe {recipes[0]} on {dataset} ran with {key} = {', '.join(seen)}: one table "
+                    "holds one resolved recipe; report the runs of each value as a table of their own"
+                )
+    return runs
+
+
+def one_table(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
+    """`runs` if they make one table: one training subset per row and seed, and one run per row, method, seed and
+    thread count; else ValueError."""
     recorded = runs[runs["subset"] != UNRECORDED]
     subsets = recorded.groupby([*ROW, "seed"], dropna=False)["subset"].nunique()
     if (subsets > 1).any():
@@ -528,7 +552,7 @@ def write_report(uri: str, experiment: str, sweep: str, out: Path, row: str | No
         raise ValueError(f"--sweep {sweep}: the sweeps come from different presets ({', '.join(presets)}); one table = one preset")
     preset = presets[0]
     name = preset if preset != "none" else "sweep"
-    runs = pd.concat([sweep_runs(found.experiment_id, p.info.run_id) for p in parents], ignore_index=True)
+    runs = one_recipe(pd.concat([sweep_runs(found.experiment_id, p.info.run_id) for p in parents], ignore_index=True), sweep)
     from aos_bench.studies import LAYOUTS  # here, not at the top: studies builds on this module
 
     if preset in LAYOUTS:  # the studies beyond the paper's tables have layouts of their own

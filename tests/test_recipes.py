@@ -20,7 +20,7 @@ def test_the_two_recipes_exist():
 
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_sets_model_augmentation_epochs_lr_and_clip(recipe, dataset):
+def test_recipe_sets_model_augmentation_epochs_epoch_size_lr_and_clip(recipe, dataset):
     cfg = make_config(f"dataset={dataset}", f"recipe={recipe}")
     spec = recipe_file(recipe, dataset)
     (model,) = [entry["/model"] for entry in spec["defaults"]]
@@ -28,6 +28,7 @@ def test_recipe_sets_model_augmentation_epochs_lr_and_clip(recipe, dataset):
     assert OmegaConf.to_container(cfg.model) == expected_model  # the model file, with the recipe's own changes
     assert OmegaConf.to_container(cfg.dataset.augment) == spec["dataset"]["augment"]
     assert cfg.train.epochs == spec["train"]["epochs"] and cfg.train.lr == spec["train"]["lr"]
+    assert cfg.train.epoch_size == spec["train"]["epoch_size"]  # the recipe's, not train/default's
     assert cfg.train.clip_norm == spec["train"]["clip_norm"] == (10 if (recipe, dataset) == ("paper", "mnist") else None)
     assert cfg.recipe.name == recipe
 

@@ -9,12 +9,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT
+from conftest import ROOT, make_config
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from aos_bench import report, sweep
-from aos_bench.tracking import ensure_experiment
+from aos_bench.tracking import ensure_experiment, flat_params
 
 # the smoke preset shrunk to one row, one optimizer step per job and no report at its end
 TINY = ["experiment=smoke", "imbalance.mu=0.3", "train.max_steps=1", "hydra.callbacks.sweep.report=false"]
@@ -89,12 +89,13 @@ def test_smoke_preset_end_to_end(tmp_path, env, empty_store, monkeypatch):
 
 
 def log_child(
-    parent: str, method: str, mu: float, seed: int, f1: float, steps: int = 100, recipe: str = "paper", classes=("zero", "one")
+    parent: str, method: str, mu: float, seed: int, f1: float, steps: int = 100, recipe: str = "paper", classes=("zero", "one"),
+    extra: dict | None = None,
 ) -> str:
-    """A hand-built child run as a job logs it (params as MLflow stores them: strings), with per-class artifacts."""
+    """A hand-built child run as a job logs it (params as MLflow stores them: strings, plus `extra`), with per-class artifacts."""
     with mlflow.start_run(tags={"mlflow.parentRunId": parent, "config_hash": f"{parent}-{method}-{mu}-{seed}"}) as run:
         params = {"dataset.name": "mnist", "imbalance.mu": mu, "imbalance.rho": 500, "method.name": method, "seed": seed}
-        mlflow.log_params({**params, "method.eps": 0.1, "data_seed": seed, "recipe.name": recipe, "env.threads": 1})
+        mlflow.log_params({**params, "method.eps": 0.1, "data_seed": seed, "recipe.name": recipe, "env.threads": 1, **(extra or {})})
         mlflow.log_metrics({"test_f1_macro": f1, "train_steps": steps})
         lines = "".join(f"{name},1,1,{90 - 50 * (i % 2)},10\n" for i, name in enumerate(classes))
         mlflow.log_text("class,precision,recall,f1,support\n" + lines, "per_class.csv")
@@ -148,13 +149,14 @@ def test_report_reads_one_sweep_back_and_compares_it_with_the_paper(tmp_path, em
     assert only_other.dropna(subset=["mean"])[["method", "mean"]].values.tolist() == [["aos", 10.0]]
 
 
-def one_sweep(uri: str, children) -> str:
-    """A FINISHED parent run of preset table2 with the given (method, mu, seed, f1, recipe, classes) children; its id."""
+def one_sweep(uri: str, children, extra: dict | None = None) -> str:
+    """A FINISHED parent run of preset table2 with the given (method, mu, seed, f1, recipe, classes) children, each
+    logging the params `extra` too; its id."""
     mlflow.set_experiment(experiment_id=ensure_experiment(uri, "aos_bench"))
     client = mlflow.MlflowClient(uri)
     parent = client.create_run(mlflow.get_experiment_by_name("aos_bench").experiment_id, tags={"sweep_key": "k", "preset": "table2"})
     for method, mu, seed, f1, recipe, classes in children:
-        log_child(parent.info.run_id, method, mu, seed, f1, recipe=recipe, classes=classes)
+        log_child(parent.info.run_id, method, mu, seed, f1, recipe=recipe, classes=classes, extra=extra)
     client.set_terminated(parent.info.run_id, "FINISHED")
     return parent.info.run_id
 
@@ -164,6 +166,19 @@ def test_report_refuses_a_sweep_that_mixes_two_recipes(tmp_path, empty_store):
     sweep = one_sweep(uri, [("aos", 0.3, 0, 90.0, "paper", ("a", "b")), ("ros", 0.3, 0, 80.0, "modern", ("a", "b"))])
     with pytest.raises(ValueError, match="mixes the recipes modern, paper"):
         report.write_report(uri, "aos_bench", sweep, tmp_path / "results")
+
+
+def test_report_refuses_sweeps_whose_recipe_of_one_name_set_different_values(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    recipe = {"model.arch": "lenet", "train.epochs": 10, "train.epoch_size": "balanced", "train.lr": 0.02}
+    before = one_sweep(uri, [(m, 0.3, 0, 45.0, "paper", ("a", "b")) for m in report.METHODS], {**recipe, "dataset.augment.crop_pad": 0})
+    after = one_sweep(uri, [(m, 0.9, 0, 55.0, "paper", ("a", "b")) for m in report.METHODS], {**recipe, "dataset.augment.crop_pad": 4})
+    with pytest.raises(ValueError, match=r"recipe paper on mnist ran with dataset\.augment\.crop_pad = 0, 4: one table"):
+        report.write_report(uri, "aos_bench", f"{before},{after}", tmp_path / "results")
+    assert report.write_report(uri, "aos_bench", before, tmp_path / "results")[0].exists()  # each state alone is a table
+    keys = flat_params(make_config("recipe=paper", "dataset=cifar10"))
+    for name in report.RECIPE_KEYS:  # every key the check reads is one a job logs
+        assert any(key == name or (name.endswith(".") and key.startswith(name)) for key in keys), name
 
 
 def test_report_joins_sweeps_of_one_preset_into_one_table(tmp_path, empty_store):
