@@ -1,12 +1,14 @@
 """The paper's claim under two recipes: rows measured under both, side by side, from the report CSVs of each.
 
     python scripts/compare_recipes.py paper=results/table2.csv modern=results/table2_modern.csv
+    python scripts/compare_recipes.py --datasets cifar10,intel augmented=results/table2.csv none=results/table2_noaug.csv
 
 Prints markdown: per row, AOS − ROS and AOS − BASE with their sign-flip p-values and whether the paper's ordering
-holds, under each recipe; then mean |ours − paper| per table and recipe over the rows measured under both.
+holds, under each recipe; then mean |ours − paper| per table and recipe over the rows measured under both
+(`--datasets`: only these datasets' rows).
 """
 
-import sys
+import argparse
 
 import pandas as pd
 
@@ -48,9 +50,15 @@ def agreement(recipes: dict[str, pd.DataFrame], both: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
     """Read NAME=CSV pairs and print the comparison."""
-    recipes = {name: rows(path) for name, path in (arg.split("=", 1) for arg in argv)}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tables", nargs="+", metavar="NAME=CSV", help="a recipe's name and its report CSV")
+    parser.add_argument("--datasets", default=None, help="comma-separated: compare only these datasets' rows")
+    args = parser.parse_args()
+    recipes = {name: rows(path) for name, path in (arg.split("=", 1) for arg in args.tables)}
+    if args.datasets:
+        recipes = {name: table[table["dataset"].isin(args.datasets.split(","))] for name, table in recipes.items()}
     keys = [set(map(tuple, table[ROW].drop_duplicates().to_numpy())) for table in recipes.values()]
     both = pd.DataFrame(sorted(set.intersection(*keys)), columns=ROW)
     print("## AOS against ROS and BASE under each recipe\n")
@@ -60,4 +68,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
