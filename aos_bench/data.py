@@ -10,7 +10,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import torch.nn.functional as F
 import torchvision
 from omegaconf import DictConfig
 from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2.functional import resize
+from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
 
+from aos_bench.checks import RULES, show
 from aos_bench.errors import UsageError  # re-exported: modules import it from here
 
 # Bump when the cached content or its layout changes, so old cache files are never reused.
@@ -83,6 +84,15 @@ def _bool_option(dataset: Mapping, key: str) -> bool:
     value = dataset.get(key, False)
     if not isinstance(value, bool):
         raise UsageError(f"dataset.{key}={value!r} is not true or false")
+    return value
+
+
+def _ruled_option(dataset: Mapping, key: str) -> Any:
+    """Read dataset.<key>, which must pass its rule in checks.RULES; else a UsageError saying what is allowed."""
+    value = dataset.get(key)
+    rule = RULES[f"dataset.{key}"]
+    if not rule.ok(value):
+        raise UsageError(f"dataset.{key}={show(value)}: {rule.allowed}")
     return value
 
 
@@ -208,6 +218,96 @@ def _unnest(split: Path) -> Path:
     return inner if inner.is_dir() else split
 
 
+def _load_folder(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
+    """Your own images (docs/own_data.md): <root>/{train,test}/<class>/*, or <root>/<class>/* with a stratified test
+    split drawn here; squashed to image_size, with dataset.channels channels or, when null, those of the images."""
+    size = _int_option(dataset, "image_size", 64)
+    channels, root = _ruled_option(dataset, "channels"), _ruled_option(dataset, "root")
+    try:
+        data = _folder_splits(Path(root).expanduser(), dataset, (size, size), cache_dir)
+    except UsageError as error:
+        raise UsageError(f"dataset.root={root}: {error}") from None
+    data = _with_channels(data, channels)
+    channels = data.train_x.shape[1]
+    for key in ("mean", "std"):
+        given = dataset.get(key)
+        if given is not None and len(given) != channels:
+            raise UsageError(f"dataset.{key}={show(given)}: one value per channel, and the images have {channels} (dataset.channels)")
+    return data
+
+
+def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_dir: Path) -> ImageData:
+    """Both splits of a folder dataset: its train/ and test/ folders, else a stratified split of its class folders."""
+    if not root.is_dir():
+        raise UsageError(f"no such folder ({root.resolve()}); it must hold <class>/ folders of images, or train/<class>/ and test/<class>/")
+    train, test = root / "train", root / "test"
+    skip_bad = _bool_option(dataset, "skip_bad")
+    if train.is_dir() and test.is_dir():
+        return _image_folder_splits(train, test, size, cache_dir, skip_bad)
+    if train.is_dir() or test.is_dir():
+        found, lacking = ("train", "test") if train.is_dir() else ("test", "train")
+        raise UsageError(f"{root} has {found}/ but no {lacking}/: give both, each with <class>/ folders, or <class>/ folders only")
+    fraction, seed = _ruled_option(dataset, "test_fraction"), _ruled_option(dataset, "split_seed")
+    x, y, classes, skipped = _read_image_folder(root, size, cache_dir, skip_bad)
+    train_at, test_at = _stratified_split(y, classes, fraction, seed, root)
+    return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped))
+
+
+def _stratified_split(
+    y: torch.Tensor, classes: list[str], fraction: float, seed: int, root: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and test indices, each in file order: of a class of n images, min(n - 1, max(1, round(fraction * n))) drawn
+    with `seed` for testing, the others for training."""
+    generator = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for label, name in enumerate(classes):
+        members = (y == label).nonzero().flatten()
+        if len(members) < 2:
+            raise UsageError(
+                f"class folder {root / name} has 1 readable image: the test split (dataset.test_fraction={fraction:g}) "
+                "needs at least 2 per class, 1 to train on and 1 to test"
+            )
+        n_test = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held = torch.zeros(len(members), dtype=torch.bool)
+        held[torch.randperm(len(members), generator=generator)[:n_test]] = True
+        train.append(members[~held])
+        test.append(members[held])
+    return torch.cat(train), torch.cat(test)
+
+
+def _with_channels(data: ImageData, channels: int | None) -> ImageData:
+    """`data` with 1 (grey) or 3 (RGB) channels; None = 1 when every image is grey (R = G = B), else 3."""
+    if channels is None:
+        channels = 1 if _all_grey(data.train_x) and _all_grey(data.test_x) else 3
+    if channels == 3:
+        return data
+    return replace(data, train_x=_to_grey(data.train_x), test_x=_to_grey(data.test_x))
+
+
+def _all_grey(x: torch.Tensor) -> bool:
+    """Whether every RGB image of x has equal red, green and blue values."""
+    return bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+
+
+def _to_grey(x: torch.Tensor) -> torch.Tensor:
+    """RGB uint8 images as one channel of torchvision's luma, rounded (so grey images stay exact), converted in chunks."""
+    return torch.cat([rgb_to_grayscale(part.float()).round_().to(torch.uint8) for part in x.split(4096)])
+
+
+def normalisation(dataset: Mapping, train_x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """dataset.mean and dataset.std, per channel of [0, 1] pixels; each one that is null measured on the training split."""
+    given = (dataset.get("mean"), dataset.get("std"))
+    if None not in given:
+        return list(given[0]), list(given[1])
+    # a histogram of the 256 pixel values per channel: exact, and no float copy of the images
+    counts = torch.stack([torch.bincount(train_x[:, c].flatten(), minlength=256) for c in range(train_x.shape[1])]).double()
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    mean = counts @ levels / counts.sum(1)
+    std = ((counts * (levels - mean[:, None]) ** 2).sum(1) / counts.sum(1)).sqrt()
+    mean, std = (measured.tolist() if value is None else list(value) for value, measured in zip(given, (mean, std)))
+    return mean, std
+
+
 def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_dir: Path, skip_bad: bool = False) -> ImageData:
     """Both splits of an ImageFolder dataset; the test split must have the train split's classes."""
     train_x, train_y, classes, train_skipped = _read_image_folder(train, size, cache_dir, skip_bad)
@@ -218,10 +318,15 @@ def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_d
 
 
 def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Sorted class folder names and (path relative to root, label) pairs in sorted order, like ImageFolder."""
+    """Sorted class folder names and (path relative to root, label) pairs in sorted order, like ImageFolder; at least
+    two classes, each with an image file."""
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    if len(classes) < 2:
+        found = f"only one class folder ({classes[0]})" if classes else "no class folders"
+        raise UsageError(f"{found} in {root}: a classifier needs at least 2, as {root}/<class>/<image>")
     files: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
+        listed = len(files)
         # os.walk rather than Path.rglob: listing 60k files this way is several times faster.
         for folder, subfolders, names in os.walk(root / name, followlinks=True):
             subfolders.sort()
@@ -231,8 +336,8 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
                 for file in sorted(names)
                 if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS
             ]
-    if not files:
-        raise UsageError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {root}/<class>/")
+        if len(files) == listed:
+            raise UsageError(f"class folder {root / name} holds no image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return classes, files
 
 
@@ -267,15 +372,24 @@ def _read_image_folder(
         else:
             if skipped and not skip_bad:
                 raise UsageError(f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out")
+            _require_readable_classes(root, saved["classes"], saved["y"])
             return saved["x"], saved["y"], saved["classes"], skipped
     paths = [root / relative for relative, _ in files]
     x, kept = _decode_images(paths, size, skip_bad)
     y = torch.tensor([label for _, label in files], dtype=torch.int64)[kept]
     skipped = [relative for (relative, _), ok in zip(files, kept.tolist()) if not ok]
+    _require_readable_classes(root, classes, y)
     if skipped:
         warnings.warn(f"dataset.skip_bad=true: left out {len(skipped)} unreadable images of {root}, the first {root / skipped[0]}")
     _save_cache(cache, {"x": x, "y": y, "classes": classes, "skipped": skipped})
     return x, y, classes, skipped
+
+
+def _require_readable_classes(root: Path, classes: list[str], y: torch.Tensor) -> None:
+    """A UsageError naming the first class folder whose every image was unreadable (left out with skip_bad)."""
+    counts = torch.bincount(y, minlength=len(classes)).tolist()
+    if 0 in counts:
+        raise UsageError(f"class folder {root / classes[counts.index(0)]} has no readable image: dataset.skip_bad=true left out all of its files")
 
 
 def _decode_images(paths: list[Path], size: tuple[int, int], skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -351,6 +465,7 @@ def _noisy_copies(
 
 LOADERS: dict[str, Callable[[Mapping, Path, Path], ImageData]] = {
     "cifar10": _load_cifar10,
+    "folder": _load_folder,
     "intel": _load_intel,
     "mnist": _load_mnist,
     "synthetic": _load_synthetic,

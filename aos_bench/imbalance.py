@@ -29,12 +29,14 @@ class Subset:
     minority_classes: list[int]  # labels treated as minority (AOS attacks these)
 
 
-def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data_seed: int) -> Subset:
-    """Draw the imbalanced training subset described by the `imbalance` config."""
+def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data_seed: int, natural_minority: bool = False) -> Subset:
+    """Draw the imbalanced training subset described by the `imbalance` config; under `none`, with `natural_minority`
+    every class smaller than the largest is minority (the built-in datasets have no minority classes there)."""
     gen = torch.Generator().manual_seed(data_seed)
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
     if cfg["kind"] == "none":
-        return Subset(torch.arange(len(labels)), counts, [])
+        minority = [c for c, n in enumerate(counts) if n < max(counts)] if natural_minority else []
+        return Subset(torch.arange(len(labels)), counts, minority)
     n_max = majority_size(counts, cfg.get("n_max"))
     n_min = minority_size(n_max, cfg["rho"])
     if cfg["kind"] == "step":

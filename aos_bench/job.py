@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from sklearn.metrics import confusion_matrix
 
 from aos_bench.checks import validate as check_values
-from aos_bench.data import ImageData, load_data
+from aos_bench.data import ImageData, load_data, normalisation
 from aos_bench.imbalance import Subset, make_subset
 from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
@@ -40,7 +40,7 @@ def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tupl
     """Check the config, load the data and draw the imbalanced subset: every bad-input error is raised here."""
     validate(cfg)
     data = load(cfg.dataset, cfg.data_dir, cfg.cache_dir)
-    return data, make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+    return data, make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed, cfg.dataset.get("natural_minority", False))
 
 
 def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
@@ -57,10 +57,13 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     tags["subset_sha256"] = subset_sha256(subset.indices)
     if data.skipped:  # unreadable image files left out with dataset.skip_bad=true
         tags["skipped_images"] = str(len(data.skipped))
+    mean, std = normalisation(cfg.dataset, data.train_x)
     with job_run(cfg, tags) as active:
         mlflow.log_params(describe(device, resolve_precision(device, cfg.train.precision)))
+        if cfg.dataset.get("mean") is None or cfg.dataset.get("std") is None:  # measured on the training split
+            mlflow.log_params({"dataset.train_mean": mean, "dataset.train_std": std})
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+        model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), mean, std)
         model = model.to(device, memory_format=torch.channels_last)
         x, y = data.train_x[subset.indices].to(device), data.train_y[subset.indices].to(device)
         stats = fit(

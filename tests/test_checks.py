@@ -56,6 +56,8 @@ def test_every_preset_and_option_passes():
         for dataset in ("mnist", "cifar10", "intel"):
             validate(make_config(f"experiment={preset}", f"dataset={dataset}", "recipe=modern"))
     validate(make_config("experiment=table1", "dataset=cifar10", "imbalance=linear", "method=ros", "model=resnet18"))
+    for recipe in ("paper", "modern"):
+        validate(make_config("experiment=compare", "dataset=folder", "dataset.root=my_data", f"recipe={recipe}"))
 
 
 def probe(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

@@ -77,7 +77,7 @@ SYNTHETIC = {
 def test_unknown_name_names_the_key_and_choices(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as error:
         load_data(OmegaConf.create({"name": "foo"}), tmp_path, tmp_path)
-    assert str(error.value) == "dataset.name='foo' is not one of: cifar10, intel, mnist, synthetic"
+    assert str(error.value) == "dataset.name='foo' is not one of: cifar10, folder, intel, mnist, synthetic"
 
 
 @pytest.mark.parametrize(

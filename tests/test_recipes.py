@@ -5,7 +5,7 @@ import yaml
 from conftest import ROOT, make_config
 from omegaconf import OmegaConf
 
-DATASETS = ("mnist", "cifar10", "intel", "synthetic")
+DATASETS = ("mnist", "cifar10", "intel", "synthetic", "folder")
 RECIPES = sorted(p.stem for p in (ROOT / "conf" / "recipe").glob("*.yaml"))
 
 
