@@ -15,6 +15,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aos_bench.errors import UsageError
 
+USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # `scheme://user[:password]@`: credentials in a URL
+CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic-auth credentials
+NO_CREDENTIALS = f"a URI with no user or password in it (set {CREDENTIALS} instead)"
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -71,12 +75,23 @@ def text(nullable: str = "") -> Rule:
     return Rule("a non-empty text" + (f", or null ({nullable})" if nullable else ""), lambda v: (bool(nullable) and v is None) or (isinstance(v, str) and v != ""))
 
 
-def numbers(item: Rule, length: int | None = None) -> Rule:
-    """A list whose items each pass `item` (of `length` items when given)."""
+def holds_credentials(uri: str) -> bool:
+    """Whether a URI names a user or password (`http://alice:secret@host:5000`), which params and logs would keep."""
+    return USERINFO.match(uri) is not None
+
+
+def secret_free_uri(nullable: str) -> Rule:
+    """A non-empty URI or path with no user or password in it, or null (`nullable` says what null means)."""
+    return Rule(f"{NO_CREDENTIALS}, or null ({nullable})", lambda v: v is None or (isinstance(v, str) and v != "" and not holds_credentials(v)))
+
+
+def numbers(item: Rule, length: int | None = None, nullable: str = "") -> Rule:
+    """A list whose items each pass `item` (of `length` items when given); `nullable` says what null means where allowed."""
     size = f"{length} " if length else ""
     return Rule(
-        f"a list of {size}items, each {item.allowed}",
-        lambda v: isinstance(v, (list, ListConfig)) and len(v) >= 1 and (length is None or len(v) == length) and all(item.ok(i) for i in v),
+        f"a list of {size}items, each {item.allowed}" + (f"; or null ({nullable})" if nullable else ""),
+        lambda v: (bool(nullable) and v is None)
+        or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and (length is None or len(v) == length) and all(item.ok(i) for i in v)),
     )
 
 
@@ -89,13 +104,19 @@ RULES: dict[str, Rule] = {
     "dataset.image_size": whole(1),
     "dataset.download": flag(),
     "dataset.skip_bad": flag(),
-    "dataset.channels": whole(1),
+    "dataset.channels": Rule(
+        "1 (grey) or 3 (RGB), or null (folder: 1 if every image is grey, else 3)", lambda v: v is None or (type(v) is int and v in (1, 3))
+    ),
+    "dataset.root": text(),
+    "dataset.test_fraction": number(0, 1, low_open=True, high_open=True, unit="fraction of each class held out for testing"),
+    "dataset.split_seed": whole(0),
+    "dataset.natural_minority": flag(),
     "dataset.n_classes": whole(2),
     "dataset.train_per_class": whole(1),
     "dataset.test_per_class": whole(1),
     "dataset.seed": whole(0),
-    "dataset.mean": numbers(number(0, 1)),
-    "dataset.std": numbers(number(0, low_open=True)),
+    "dataset.mean": numbers(number(0, 1), nullable="measured on the training split"),
+    "dataset.std": numbers(number(0, low_open=True), nullable="measured on the training split"),
     "dataset.augment.flip": flag(),
     "dataset.augment.crop_pad": whole(0),
     "imbalance.kind": choice("none", "step", "linear", "exp"),
@@ -136,7 +157,7 @@ RULES: dict[str, Rule] = {
     "train.deterministic": flag(),
     "train.compile": flag(),
     "train.progress": choice("auto", True, False),
-    "tracking.uri": text("$MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db"),
+    "tracking.uri": secret_free_uri("$MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db"),
     "tracking.experiment": text(),
 }
 ABSENT = object()  # OmegaConf.select's default for a key the composed config does not have

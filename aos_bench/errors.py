@@ -1,9 +1,11 @@
 """Errors shared by every module, importable before torch and MLflow so that bad input is rejected in a blink."""
 
+import re
 import sys
 from typing import NoReturn
 
 USAGE_EXIT = 2  # exit code of a command rejected for bad input (config value, override, missing files), as argparse's
+PASSWORD = re.compile(r"(://[^/:@\s]*):[^/\s]*@")  # the password of a URL's `user:password@`, up to its last @
 
 
 class UsageError(Exception):
@@ -14,7 +16,12 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run ends FAILED, its message names the step and what to lower."""
 
 
+def masked(text: str) -> str:
+    """text with the password of every URL in it shown as ***: `http://alice:***@host:5000`."""
+    return PASSWORD.sub(r"\1:***@", text)
+
+
 def reject(message: str) -> NoReturn:
-    """Stop the command for bad input: `aos_bench: <message>` on one line of stderr, exit code 2, no traceback."""
-    print(f"aos_bench: {message}", file=sys.stderr)
+    """Stop the command for bad input: `aos_bench: <message>` on one line of stderr (URL passwords masked), exit code 2."""
+    print(f"aos_bench: {masked(message)}", file=sys.stderr)
     raise SystemExit(USAGE_EXIT)

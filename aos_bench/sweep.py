@@ -166,10 +166,18 @@ def check_jobs(jobs: list[tuple[list[str], DictConfig]]) -> None:
 
 
 class SweepTracking(Callback):
-    """Hydra callback: the multirun's MLflow parent run, and its report when the last job has returned."""
+    """Hydra callback: a single run's values checked before Hydra writes its output dir; the multirun's MLflow parent
+    run, and its report when the last job has returned."""
 
     def __init__(self, report: bool) -> None:
         self.report = report
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run: check its values before Hydra writes them into the run's output dir (so a URI's password never lands there)."""
+        try:
+            validate(config)
+        except UsageError as error:
+            reject(str(error))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id."""

@@ -1,5 +1,6 @@
 """MLflow: the store, one run per job, its params, tags, metrics and artifacts."""
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -7,7 +8,6 @@ import os
 import signal
 import socket
 import ssl
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -16,7 +16,12 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.environment_variables import MLFLOW_TRACKING_TOKEN
+from mlflow.utils.credentials import read_mlflow_creds
 from omegaconf import DictConfig, OmegaConf
+
+from aos_bench.checks import CREDENTIALS, NO_CREDENTIALS, holds_credentials
+from aos_bench.errors import reject
 
 ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` tag (MLflow caps tag values)
 SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_bench.sweep to every job process
@@ -25,6 +30,8 @@ NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: a training experiment, not GenAI
 UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"  # the page of an experiment's training runs (MLflow 3.x)
 SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before any job starts (MLflow's client retries for minutes)
+DOWN = "does not answer ({}); start the server or fix the address"  # {}: why, in a few words
+REFUSED = f"refused the credentials (HTTP {{}}); set {CREDENTIALS}"  # {}: 401 or 403, from `mlflow server --app-name basic-auth`
 
 
 class Terminated(Exception):
@@ -84,36 +91,50 @@ def failure_reason(error: BaseException, timeout: float) -> str:
 
 
 def http_failure(error: urllib.error.HTTPError) -> str | None:
-    """Why an HTTP error means no usable tracking server there (5xx: MLflow's client would retry it for minutes), else None."""
+    """What an HTTP error says is wrong with the tracking server (5xx: MLflow's client would retry it for minutes), else None."""
     if error.code == 403 and error.read(100).startswith(b"Invalid Host header"):  # MLflow 3's DNS-rebinding guard
-        return "HTTP 403: the server's --allowed-hosts does not list this host name"
+        return DOWN.format("HTTP 403: the server's --allowed-hosts does not list this host name")
+    if error.code in (401, 403):  # no credentials, wrong ones, or a user the server does not let in
+        return REFUSED.format(error.code)
     if error.code == 404:
-        return "HTTP 404: no MLflow API at this address"
-    return f"HTTP {error.code} {error.reason}" if error.code >= 500 else None
+        return DOWN.format("HTTP 404: no MLflow API at this address")
+    return DOWN.format(f"HTTP {error.code} {error.reason}") if error.code >= 500 else None
 
 
-def server_down(uri: str, timeout: float = SERVER_TIMEOUT) -> str | None:
-    """Why the HTTP tracking server at uri does not answer one API request, or None when it does (or uri is a file store)."""
+def auth_header() -> dict[str, str]:
+    """The Authorization header MLflow's client sends: basic auth from $MLFLOW_TRACKING_USERNAME and
+    $MLFLOW_TRACKING_PASSWORD (else ~/.mlflow/credentials), else $MLFLOW_TRACKING_TOKEN as a bearer token; or none."""
+    user, password = read_mlflow_creds()
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {"Authorization": f"Bearer {MLFLOW_TRACKING_TOKEN.get()}"} if MLFLOW_TRACKING_TOKEN.get() else {}
+
+
+def server_problem(uri: str, timeout: float = SERVER_TIMEOUT) -> str | None:
+    """What stops jobs at the HTTP tracking server at uri, in the words after `key=uri`: it does not answer one API
+    request, or it refuses the credentials MLflow's client sends; None when it serves it (or uri is a file store)."""
     if not uri.startswith(("http://", "https://")):
         return None
     url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        urllib.request.urlopen(url, timeout=timeout).close()
-    except urllib.error.HTTPError as error:  # it answers, perhaps with auth to do (401), which MLflow's client handles
+        urllib.request.urlopen(urllib.request.Request(url, headers=auth_header()), timeout=timeout).close()
+    except urllib.error.HTTPError as error:
         return http_failure(error)
     except OSError as error:  # URLError wraps connect failures in .reason; a read timeout comes bare
         reason = getattr(error, "reason", error)
         if isinstance(reason, ssl.SSLError):  # it answers; certificates are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS)
             return None
-        return failure_reason(reason, timeout) if isinstance(reason, BaseException) else str(reason)
+        return DOWN.format(failure_reason(reason, timeout) if isinstance(reason, BaseException) else str(reason))
     return None
 
 
 def require_server(uri: str, key: str) -> None:
-    """Stop with one line and exit code 2 when the tracking server at uri does not answer (key: where uri was set)."""
-    if (reason := server_down(uri)) is not None:
-        print(f"aos_bench: {key}={uri} does not answer ({reason}); start the server or fix the address", file=sys.stderr)
-        raise SystemExit(2)
+    """Stop with one line and exit code 2 when uri names a user or password, or the tracking server there does not
+    answer or refuses the credentials (key: where uri was set)."""
+    if holds_credentials(uri):
+        reject(f"{key}={uri}: {NO_CREDENTIALS}")  # reject shows the password as ***
+    if (problem := server_problem(uri)) is not None:
+        reject(f"{key}={uri} {problem}")
 
 
 def ensure_experiment(uri: str, name: str) -> str:

@@ -1,5 +1,6 @@
 """Many machines: a sweep against a real `mlflow server` (REST API and artifact proxy), and a fast stop when it is down."""
 
+import contextlib
 import http.server
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from conftest import ROOT
 from test_sweep import sweep_cli
 
 from aos_bench import report
-from aos_bench.tracking import server_down
+from aos_bench.tracking import DOWN, REFUSED, server_problem
 
 SERVER_START = 120  # seconds `mlflow server` gets to answer (7 s on a quiet 2-core machine)
 JOB_FILES = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}  # every job's artifacts
@@ -38,14 +40,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 at a free port, its SQLite store and artifacts under tmp_path/server; its URL."""
-    folder, port = tmp_path / "server", free_port()
+def healthy(url: str) -> bool:
+    """Whether the server at url answers its /health page (which basic auth leaves open)."""
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, env: dict[str, str], *options: str) -> Iterator[str]:
+    """`mlflow server [options]` on 127.0.0.1 at a free port, its SQLite store and artifacts under folder; its URL."""
+    port = free_port()
     folder.mkdir()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
                "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1"]  # fmt: skip
+               "--workers", "1", *options]  # fmt: skip
     with open(folder / "server.log", "w") as log:
         # its own process group: the server runs uvicorn in a child process, and both must stop; no GenAI job runner
         process = subprocess.Popen(command, cwd=folder, env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -53,13 +64,20 @@ def server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START
-        while server_down(url, timeout=1) is not None:
+        while not healthy(url):
             assert process.poll() is None and time.monotonic() < deadline, (folder / "server.log").read_text()
             time.sleep(0.5)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """An open `mlflow server` (no authentication) for one test, its files under tmp_path/server; its URL."""
+    with mlflow_server(tmp_path / "server", env) as url:
+        yield url
 
 
 def run_files(client: mlflow.MlflowClient, run_id: str, folder: Path) -> dict[str, bytes]:
@@ -166,20 +184,20 @@ def replies() -> Iterator[str]:
     server.shutdown()
 
 
-def test_server_down_says_why_in_a_few_words(replies):
-    assert server_down(f"http://127.0.0.1:{free_port()}") == "connection refused"
-    assert server_down("http://no-such-host.invalid:5000") == "unknown host"
-    assert server_down(f"{replies}/503/busy") == "HTTP 503 Service Unavailable"  # MLflow's client retries these
-    assert server_down(f"{replies}/404/x") == "HTTP 404: no MLflow API at this address"
-    assert server_down(f"{replies}/403/Invalid_Host_header") == "HTTP 403: the server's --allowed-hosts does not list this host name"
-    assert server_down(f"{replies}/200/{{}}") is None
-    assert server_down(f"{replies}/401/login") is None  # answers: credentials are MLflow's business
-    assert server_down(f"{replies}/403/no") is None
-    assert server_down("sqlite:////nowhere/mlflow.db") is None and server_down("file:///nowhere") is None
+def test_server_problem_says_why_in_a_few_words(replies):
+    assert server_problem(f"http://127.0.0.1:{free_port()}") == DOWN.format("connection refused")
+    assert server_problem("http://no-such-host.invalid:5000") == DOWN.format("unknown host")
+    assert server_problem(f"{replies}/503/busy") == DOWN.format("HTTP 503 Service Unavailable")  # MLflow's client retries these
+    assert server_problem(f"{replies}/404/x") == DOWN.format("HTTP 404: no MLflow API at this address")
+    assert server_problem(f"{replies}/403/Invalid_Host_header") == DOWN.format("HTTP 403: the server's --allowed-hosts does not list this host name")
+    assert server_problem(f"{replies}/200/{{}}") is None
+    assert server_problem(f"{replies}/401/login") == REFUSED.format(401)  # basic auth: no credentials, or wrong ones
+    assert server_problem(f"{replies}/403/no") == REFUSED.format(403)
+    assert server_problem("sqlite:////nowhere/mlflow.db") is None and server_problem("file:///nowhere") is None
 
     with socket.socket() as silent:  # accepts connections (the kernel does) but never replies
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         start = time.monotonic()
-        assert server_down(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5) == "no answer within 0.5 s"
+        assert server_problem(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5) == DOWN.format("no answer within 0.5 s")
         assert time.monotonic() - start < 5
