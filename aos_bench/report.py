@@ -3,7 +3,7 @@
     python -m aos_bench.report [--tracking-uri URI] [--experiment NAME] [--sweep RUN_ID|latest] [--out results/]
 
 writes <out>/<preset>.md, .csv, .png and _runs.csv for the sweep (an MLflow parent run made by aos_bench.sweep):
-the paper's table layout, or for the presets methods and aos_sensitivity the layout of aos_bench.studies.
+the paper's table layout, or for the presets methods, compare and aos_sensitivity the layout of aos_bench.studies.
 """
 
 import argparse
@@ -27,6 +27,7 @@ from aos_bench.__main__ import CONFIG_DIR  # noqa: E402
 from aos_bench.tracking import require_server, tracking_uri  # noqa: E402
 
 METRIC = "test_f1_macro"  # the tables' F1, in percent (the paper does not name its average; macro weighs every class alike)
+MINORITY_METRIC = "test_f1_minority"  # mean F1 over the minority classes, in percent: the classes the paper's claim is about
 METHODS = ("base", "ros", "aos")  # the paper's column order
 ROW = ["dataset", "mu", "rho"]  # one table row; method and seed vary within it
 NAMES = {
@@ -83,6 +84,7 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "method": runs["params.method.name"],
             "seed": runs["params.seed"].astype(int),
             "f1": runs[f"metrics.{METRIC}"],
+            "f1_minority": runs.reindex(columns=[f"metrics.{MINORITY_METRIC}"])[f"metrics.{MINORITY_METRIC}"],
             "steps": runs["metrics.train_steps"],
             "artifact_uri": runs["artifact_uri"],
             "recipe": recorded(runs, "params.recipe.name"),
@@ -315,8 +317,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def row_label(dataset: str, mu: float, rho: float) -> str:
-    """'MNIST mu=0.3 rho=500'."""
-    return f"{NAMES.get(dataset, dataset)} mu={mu:g} rho={rho:g}"
+    """'MNIST mu=0.3 rho=500'; 'folder' for a row without imbalance settings."""
+    return f"{NAMES.get(dataset, dataset)}{settings_text(mu, rho)}"
+
+
+def settings_text(mu: float, rho: float) -> str:
+    """' mu=0.3 rho=500', without the settings a row has not (exp has no mu, none has neither)."""
+    return "".join(f" {name}={value:g}" for name, value in (("mu", mu), ("rho", rho)) if pd.notna(value))
 
 
 def paired_cells(diffs: pd.Series, pairs: pd.Series) -> list[str]:
@@ -443,6 +450,9 @@ def markdown(
             "paper's order holds": pairs["paper_order_holds"].map({True: "yes", False: "no"}).fillna(""),
         }
     )
+    if table["paper"].isna().all():  # no cell has a paper value: no columns for them
+        f1 = f1.drop(columns=["paper", "ours − paper"])
+        paired = paired.drop(columns=["paper: best to worst", "paper's order holds"])
     if "below_within_seed_spread" in pairs:
         paired["below within-seed spread"] = pairs["below_within_seed_spread"].map({True: "yes", False: "no"}).fillna("")
     tables = " and ".join(PAPER[t]["name"] for t in sorted(set(table["paper_table"].dropna())))
@@ -476,14 +486,15 @@ With n seeds no p-value can fall below 2 / 2^n (0.0625 for 5 seeds): add seeds f
 
 
 def per_class_row(table: pd.DataFrame, row: str | None) -> tuple:
-    """The (dataset, mu, rho) whose per-class F1 is plotted: `row` ('mnist,0.9'), else the measured row of largest mu."""
+    """The (dataset, mu, rho) whose per-class F1 is plotted: `row` ('mnist,0.9'), else the measured row of largest mu
+    (the first one where no row has a mu, as under imbalance=none)."""
     measured = table[table["mean"].notna()]
     if row:
         dataset, mu = row.split(",")
         measured = measured[(measured["dataset"] == dataset) & np.isclose(measured["mu"], float(mu))]
         if measured.empty:
             raise LookupError(f"--row {row}: the sweep has no runs for dataset {dataset} with mu {mu}")
-    chosen = measured[measured["mu"] == measured["mu"].max()].iloc[0]
+    chosen = measured.loc[measured["mu"].fillna(-np.inf).idxmax()]
     return tuple(chosen[ROW])
 
 
@@ -509,7 +520,7 @@ def figure(
     table: pd.DataFrame, runs: pd.DataFrame, classes: pd.DataFrame, minority: Sequence[str], titles: tuple[str, str]
 ) -> plt.Figure:
     """Left: F1 per row and method (bars: mean, error bars: std, dots: each run, black ticks: the paper). Right: per-class F1."""
-    rows = list(dict.fromkeys(map(tuple, table.loc[table["mean"].notna(), ROW].to_numpy())))
+    rows = [tuple(row) for row in table.loc[table["mean"].notna(), ROW].drop_duplicates().itertuples(index=False)]  # NaN = NaN
     names = list(dict.fromkeys(classes["class"]))
     widths = [2 + 1.5 * len(rows), max(3, 0.4 * len(names))]  # inches
     fig, (left, right) = plt.subplots(1, 2, figsize=(sum(widths) + 1, 4.8), width_ratios=widths)

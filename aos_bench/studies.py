@@ -12,18 +12,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.report import ENV, NAMES, PAPER, environment, fmt, markdown_table, missing_jobs, provenance, sign_flip_p
+from aos_bench.report import ENV, NAMES, PAPER, environment, fmt, markdown_table, missing_jobs, provenance, settings_text, sign_flip_p
 
 STUDY_ROW = ["dataset", "imbalance", "mu", "rho"]  # a row of the methods table: the exp row has no mu
 REFERENCE = "aos"  # every method is tested against AOS
 GRID = ["eps", "p"]  # the sensitivity study's two axes
 
 
-def single_recipe(runs: pd.DataFrame, sweeps: str, keys: Sequence[str]) -> pd.DataFrame:
-    """`runs` if they hold one recipe and one run per `keys`; else ValueError saying what is mixed."""
-    recipes = sorted(runs["recipe"].unique())
-    if len(recipes) > 1:
-        raise ValueError(f"sweep {sweeps} mixes the recipes {', '.join(recipes)}: report each recipe's sweep on its own")
+def one_run_each(runs: pd.DataFrame, sweeps: str, keys: Sequence[str]) -> pd.DataFrame:
+    """`runs` if they hold one run per `keys` (write_report has checked the recipe); else ValueError saying what is mixed."""
     repeated = runs.duplicated(list(keys), keep=False)
     if repeated.any():
         example = runs[repeated].iloc[0][list(keys)].to_dict()
@@ -38,15 +35,17 @@ def method_order(methods: Sequence[str]) -> list[str]:
 
 
 def study_row_label(dataset: str, imbalance: str, mu: float, rho: float) -> str:
-    """'MNIST step mu=0.3 rho=500', 'CIFAR-10 exp rho=100'."""
-    mu_text = f" mu={mu:g}" if pd.notna(mu) else ""
-    return f"{NAMES.get(dataset, dataset)} {imbalance}{mu_text} rho={rho:g}"
+    """'MNIST step mu=0.3 rho=500', 'CIFAR-10 exp rho=100', 'folder none' (its own class sizes)."""
+    return f"{NAMES.get(dataset, dataset)} {imbalance}{settings_text(mu, rho)}"
 
 
 def method_cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per row and method: F1 mean, std and seeds, and the rank of the mean within its row (1 = best)."""
-    cells = runs.groupby([*STUDY_ROW, "method"], dropna=False)["f1"].agg(mean="mean", std="std", seeds="count").reset_index()
-    cells["rank"] = cells.groupby(STUDY_ROW, dropna=False)["mean"].rank(ascending=False, method="min")
+    """Per row and method: F1 mean, std and seeds, the mean minority-class F1, and the rank of each mean in its row (1 = best)."""
+    groups = runs.groupby([*STUDY_ROW, "method"], dropna=False)
+    cells = groups["f1"].agg(mean="mean", std="std", seeds="count").join(groups["f1_minority"].agg(minority_mean="mean")).reset_index()
+    by_row = cells.groupby(STUDY_ROW, dropna=False)
+    cells["rank"] = by_row["mean"].rank(ascending=False, method="min")
+    cells["minority_rank"] = by_row["minority_mean"].rank(ascending=False, method="min")
     return cells
 
 
@@ -71,18 +70,21 @@ def rows_in_order(cells: pd.DataFrame) -> list[tuple]:
     return [tuple(row) for row in rows[STUDY_ROW].itertuples(index=False)]
 
 
-def wide_table(cells: pd.DataFrame, tests: pd.DataFrame, methods: Sequence[str], rows: Sequence[tuple]) -> tuple[str, str]:
-    """Markdown of the F1 table (mean ± std (rank) per method, mean rank last) and of the paired tests against AOS."""
+def wide_table(cells: pd.DataFrame, tests: pd.DataFrame, methods: Sequence[str], rows: Sequence[tuple]) -> tuple[str, str, str]:
+    """Markdown of the F1 table (mean ± std (rank) per method, mean rank last), of the minority-class F1 table (mean
+    (rank), mean rank last) and of the paired tests against AOS."""
     by_cell = cells.set_index([*STUDY_ROW, "method"])
     by_test = tests.set_index([*STUDY_ROW, "method"])
-    f1, paired = [], []
+    f1, minority, paired = [], [], []
     for row in rows:
         label = {"row": study_row_label(*row)}
         f1.append(label | {NAMES.get(m, m): f1_text(by_cell, (*row, m)) for m in methods})
+        minority.append(label | {NAMES.get(m, m): minority_text(by_cell, (*row, m)) for m in methods})
         paired.append(label | {NAMES.get(m, m): paired_text(by_test, (*row, m)) for m in methods if m != REFERENCE})
-    mean_rank = cells.groupby("method")["rank"].mean()
-    f1.append({"row": "mean rank"} | {NAMES.get(m, m): f"{mean_rank[m]:.2f}" for m in methods})
-    return markdown_table(pd.DataFrame(f1)), markdown_table(pd.DataFrame(paired))
+    ranks = cells.groupby("method")[["rank", "minority_rank"]].mean()
+    f1.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'rank']:.2f}" for m in methods})
+    minority.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'minority_rank']:.2f}" for m in methods})
+    return markdown_table(pd.DataFrame(f1)), markdown_table(pd.DataFrame(minority)), markdown_table(pd.DataFrame(paired))
 
 
 def f1_text(by_cell: pd.DataFrame, key: tuple) -> str:
@@ -92,6 +94,14 @@ def f1_text(by_cell: pd.DataFrame, key: tuple) -> str:
     cell = by_cell.loc[key]
     std = "" if pd.isna(cell["std"]) else f" ± {cell['std']:.2f}"
     return f"{cell['mean']:.2f}{std} ({cell['rank']:.0f})"
+
+
+def minority_text(by_cell: pd.DataFrame, key: tuple) -> str:
+    """'61.20 (3)': mean minority-class F1 over seeds and its rank in the row; empty where not run or not logged."""
+    if key not in by_cell.index or pd.isna(by_cell.loc[key, "minority_mean"]):
+        return ""
+    cell = by_cell.loc[key]
+    return f"{cell['minority_mean']:.2f} ({cell['minority_rank']:.0f})"
 
 
 def paired_text(by_test: pd.DataFrame, key: tuple) -> str:
@@ -134,17 +144,25 @@ Generated by `python -m aos_bench.report` from MLflow: preset `{parents[0].data.
 
 def write_methods(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame, sweeps: str, out: Path) -> list[Path]:
     """The methods study: one column per method (mean ± std and rank per row) and each method tested against AOS."""
-    runs = single_recipe(runs, sweeps, [*STUDY_ROW, "method", "seed"])
+    runs = one_run_each(runs, sweeps, [*STUDY_ROW, "method", "seed"])
     methods, cells, tests = method_order(runs["method"].unique()), method_cells(runs), against_reference(runs)
     rows = rows_in_order(cells)
-    f1, paired = wide_table(cells, tests, methods, rows)
+    f1, minority, paired = wide_table(cells, tests, methods, rows)
     steps = runs.groupby(STUDY_ROW, dropna=False)["steps"].nunique()
     unequal = "" if (steps <= 1).all() else "\n**Optimizer steps differ between the methods of a row**: see `_runs.csv`.\n"
     text = f"""{header(name, "test macro-F1 (%) per method, mean ± std over seeds (rank in the row)", parents, runs)}
 - every method of a row trains on the same imbalanced subsets (one per seed) for the same number of optimizer steps;
-  step imbalance: mu = fraction of minority classes; exp: long-tailed class sizes; rho = largest / smallest class.
+  step imbalance: mu = fraction of minority classes; exp: long-tailed class sizes; rho = largest / smallest class;
+  none: the training split's own class sizes.
 {unequal}
 {f1}
+
+## The minority classes: mean F1 over a row's minority classes (%), mean over seeds (rank in the row)
+
+The paper's claim is about the minority classes: `test_f1_minority`, the mean test F1 of the classes the imbalance
+shrank, as each run logged it.
+
+{minority}
 
 ## Each method against AOS, paired by seed
 
@@ -156,7 +174,7 @@ exact sign-flip permutation test of a zero mean difference. With n seeds no p-va
 """
     table = cells.merge(tests, on=[*STUDY_ROW, "method"], how="left")
     figure = methods_figure(cells, runs, methods, rows, f"{name}: mean ± std over seeds, dots: runs")
-    return write_files(out, name, text, table, figure, runs, [*STUDY_ROW, "method", "seed", "f1", "steps"])
+    return write_files(out, name, text, table, figure, runs, [*STUDY_ROW, "method", "seed", "f1", "f1_minority", "steps"])
 
 
 def write_files(
@@ -169,7 +187,7 @@ def write_files(
     table.to_csv(paths[1], index=False, float_format="%.6g")
     figure.savefig(paths[2], dpi=120)
     plt.close(figure)
-    runs.sort_values(list(columns[:-2]))[[*columns, "recipe", *ENV]].to_csv(paths[3], index=False, float_format="%.6g")
+    runs.sort_values(list(columns[: list(columns).index("seed") + 1]))[[*columns, "recipe", *ENV]].to_csv(paths[3], index=False, float_format="%.6g")
     return paths
 
 
@@ -209,7 +227,7 @@ def heatmap(cells: pd.DataFrame, marked_eps: float | None, title: str) -> plt.Fi
 
 def write_sensitivity(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame, sweeps: str, out: Path) -> list[Path]:
     """The AOS sensitivity study: mean macro-F1 over the eps x p grid of one row, the paper's eps marked."""
-    runs = single_recipe(runs[runs["method"] == REFERENCE], sweeps, [*STUDY_ROW, *GRID, "seed"])
+    runs = one_run_each(runs[runs["method"] == REFERENCE], sweeps, [*STUDY_ROW, *GRID, "seed"])
     settings = runs[STUDY_ROW].drop_duplicates()
     if len(settings) != 1:
         raise ValueError(f"sweep {sweeps} has {len(settings)} dataset/imbalance rows: the sensitivity heatmap holds one")
@@ -235,4 +253,8 @@ Best cell: eps = {best['eps']:g}, p = {best['p']:g}, {best['mean']:.2f} ± {best
     return write_files(out, name, text, cells, figure, runs, [*STUDY_ROW, *GRID, "seed", "f1", "steps"])
 
 
-LAYOUTS: dict[str, Callable[..., list[Path]]] = {"methods": write_methods, "aos_sensitivity": write_sensitivity}
+LAYOUTS: dict[str, Callable[..., list[Path]]] = {
+    "methods": write_methods,
+    "compare": write_methods,  # every method on one dataset of the user's choice (experiment=compare)
+    "aos_sensitivity": write_sensitivity,
+}

@@ -29,10 +29,11 @@ def fake_sweep(uri: str, preset: str, children: list[dict]) -> str:
     parent = client.create_run(mlflow.get_experiment_by_name("aos_bench").experiment_id, tags={"sweep_key": preset, "preset": preset})
     for i, child in enumerate(children):
         f1, error = child.pop("f1"), child.pop("error", None)  # a job with an error ends FAILED, as a diverged one does
+        minority = {"test_f1_minority": child.pop("f1_minority")} if "f1_minority" in child else {}
         tags = {"mlflow.parentRunId": parent.info.run_id, "config_hash": f"{preset}-{i}"} | ({"error": error} if error else {})
         with mlflow.start_run(tags=tags) as run:
             mlflow.log_params({"recipe.name": "paper", "env.threads": 1, "imbalance.rho": 500, **child})
-            mlflow.log_metrics({"test_f1_macro": f1, "train_steps": 100} if f1 is not None else {})
+            mlflow.log_metrics({"test_f1_macro": f1, "train_steps": 100, **minority} if f1 is not None else {})
         if error:
             client.set_terminated(run.info.run_id, "FAILED")
     client.set_terminated(parent.info.run_id, "FINISHED")
@@ -44,7 +45,8 @@ def test_methods_report_ranks_each_row_and_tests_every_method_against_aos(tmp_pa
     rows = [{"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.3},
             {"dataset.name": "cifar10", "imbalance.kind": "exp", "imbalance.rho": 100}]  # fmt: skip
     children = [
-        {**row, "method.name": method, "seed": seed, "f1": 80 + offset + seed - 40 * (row["dataset.name"] == "cifar10")}
+        {**row, "method.name": method, "seed": seed, "f1": 80 + offset + seed - 40 * (row["dataset.name"] == "cifar10"),
+         "f1_minority": 50 - offset + seed}  # the minority classes rank the methods the other way round
         for row in rows
         for method, offset in offsets.items()
         for seed in range(5)
@@ -58,6 +60,7 @@ def test_methods_report_ranks_each_row_and_tests_every_method_against_aos(tmp_pa
     assert mnist.loc["base", "std"] == pytest.approx(pd.Series(range(5)).std())
     assert mnist.loc["base", "minus_aos"] == -10 and mnist.loc["base", "p_vs_aos"] == pytest.approx(0.0625)  # 2 / 2^5
     assert pd.isna(mnist.loc["aos", "minus_aos"])
+    assert mnist.loc["base", ["minority_mean", "minority_rank"]].tolist() == [62.0, 1] and mnist.loc["focal", "minority_rank"] == 3
     exp_row = table[table["imbalance"] == "exp"]
     assert exp_row["mu"].isna().all() and exp_row["rho"].eq(100).all() and len(exp_row) == 3
     text = paths[0].read_text()
@@ -65,6 +68,9 @@ def test_methods_report_ranks_each_row_and_tests_every_method_against_aos(tmp_pa
     assert "| MNIST step mu=0.3 rho=500 | 72.00 ± 1.58 (3) | 82.00 ± 1.58 (2) | 87.00 ± 1.58 (1) |" in text
     assert "| CIFAR-10 exp rho=100 | 32.00 ± 1.58 (3) |" in text
     assert "| mean rank | 3.00 | 2.00 | 1.00 |" in text
+    minority = text[text.index("## The minority classes") :]
+    assert "| MNIST step mu=0.3 rho=500 | 62.00 (1) | 52.00 (2) | 47.00 (3) |" in minority
+    assert "| mean rank | 1.00 | 2.00 | 3.00 |" in minority
     assert "| MNIST step mu=0.3 rho=500 | -10.00, p=0.062 (n=5) | +5.00, p=0.062 (n=5) |" in text
 
 
