@@ -90,15 +90,14 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "recipe": recorded(runs, "params.recipe.name"),
             "subset": recorded(runs, "tags.subset_sha256"),
             **{key: recorded(runs, f"params.env.{key}") for key in ENV},
-            **{column.removeprefix("params."): runs[column] for column in runs.columns if is_recipe_param(column)},
+            **{key: runs[f"params.{key}"] for key in (c.removeprefix("params.") for c in runs.columns) if is_recipe_key(key)},
         }
     )
 
 
-def is_recipe_param(column: str) -> bool:
-    """Whether an MLflow params column holds a value the recipe sets (RECIPE_KEYS)."""
-    key = column.removeprefix("params.")
-    return column.startswith("params.") and any(key == name or (name.endswith(".") and key.startswith(name)) for name in RECIPE_KEYS)
+def is_recipe_key(key: str) -> bool:
+    """Whether a dotted config key is one the recipe sets (RECIPE_KEYS: a key itself, or below a prefix ending in '.')."""
+    return any(key == name or (name.endswith(".") and key.startswith(name)) for name in RECIPE_KEYS)
 
 
 def unfinished(experiment_id: str, sweep_id: str) -> pd.DataFrame:
@@ -125,7 +124,7 @@ def one_recipe(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
             f"sweep {sweeps} mixes the recipes {', '.join(recipes)}: one table holds one recipe; "
             "run each recipe as its own sweep (recipe=<name>) and report each"
         )
-    for key in sorted(column for column in runs.columns if column.startswith(RECIPE_KEYS)):
+    for key in sorted(filter(is_recipe_key, runs.columns)):
         for dataset, values in runs.groupby("dataset")[key]:
             seen = sorted(set(values.dropna().astype(str)))
             if len(seen) > 1:
