@@ -105,47 +105,40 @@ def _one_line(error: BaseException) -> str:
 def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     """MNIST from torchvision's layout <data_dir>/MNIST/raw (IDX files, plain or gzipped), downloading there if asked."""
     raw = data_dir / "MNIST" / "raw"
-    plain = all((raw / name).is_file() for name in MNIST_FILES)
-    if not plain and all((raw / f"{name}.gz").is_file() for name in MNIST_FILES):
-        return _mnist_from_gzip(raw)
-    download = _bool_option(dataset, "download")
-    try:
-        train = torchvision.datasets.MNIST(root=data_dir, train=True, download=download)
-        test = torchvision.datasets.MNIST(root=data_dir, train=False, download=download)
-    # torchvision reports missing files as RuntimeError and network failures as URLError (an OSError).
-    except (RuntimeError, OSError) as error:
-        reason = f" (download failed: {_one_line(error)})" if download else ""
-        raise UsageError(
-            f"MNIST not found in {raw}{reason}: expected {', '.join(MNIST_FILES)} (or each with .gz); "
-            "set data_dir (or AOS_DATA_DIR) to the folder that holds MNIST/raw, "
-            "or set dataset.download=true on a machine with internet access"
-        ) from error
-    return ImageData(
-        train_x=train.data.unsqueeze(1),
-        train_y=train.targets.long(),
-        test_x=test.data.unsqueeze(1),
-        test_y=test.targets.long(),
-        # torchvision names them "0 - zero" etc.; plain digits read better in reports.
-        classes=[str(i) for i in range(10)],
+    for suffix in ("", ".gz"):  # plain files first, as torchvision leaves them after a download
+        if all((raw / f"{name}{suffix}").is_file() for name in MNIST_FILES):
+            return _mnist_from_idx([raw / f"{name}{suffix}" for name in MNIST_FILES])
+    hint = (
+        f": expected {', '.join(MNIST_FILES)} (or each with .gz); set data_dir (or AOS_DATA_DIR) to the folder that "
+        "holds MNIST/raw, or set dataset.download=true on a machine with internet access"
     )
+    if not _bool_option(dataset, "download"):
+        raise UsageError(f"MNIST not found in {raw}{hint}")
+    try:  # torchvision fetches and checks all four files into raw/, read below like any others
+        torchvision.datasets.MNIST(root=data_dir, train=True, download=True)
+    # torchvision reports network failures as URLError (an OSError) and bad checksums as RuntimeError.
+    except (RuntimeError, OSError) as error:
+        raise UsageError(f"MNIST not found in {raw} (download failed: {_one_line(error)}){hint}") from error
+    return _mnist_from_idx([raw / name for name in MNIST_FILES])
 
 
-def _mnist_from_gzip(raw: Path) -> ImageData:
-    """MNIST from its four gzip-compressed IDX files (the form in which it is published), without unpacking them."""
-    train_x, train_y, test_x, test_y = (_read_idx_gz(raw / f"{name}.gz") for name in MNIST_FILES)
+def _mnist_from_idx(paths: list[Path]) -> ImageData:
+    """MNIST from its four IDX files (train images, train labels, test images, test labels), plain or gzipped."""
+    train_x, train_y, test_x, test_y = (_read_idx(path) for path in paths)
     return ImageData(
         train_x=train_x.unsqueeze(1),
         train_y=train_y.long(),
         test_x=test_x.unsqueeze(1),
         test_y=test_y.long(),
+        # torchvision names them "0 - zero" etc.; plain digits read better in reports.
         classes=[str(i) for i in range(10)],
     )
 
 
-def _read_idx_gz(path: Path) -> torch.Tensor:
-    """One gzip-compressed IDX file of unsigned bytes as a uint8 tensor of the shape its header gives."""
+def _read_idx(path: Path) -> torch.Tensor:
+    """One IDX file of unsigned bytes, plain or gzip-compressed (.gz), as a uint8 tensor of the shape its header gives."""
     try:
-        with gzip.open(path, "rb") as file:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as file:
             content = file.read()
     except (OSError, EOFError) as error:  # not gzip (BadGzipFile is an OSError) or cut short
         raise UsageError(f"cannot read {path}: {_one_line(error)}") from error
@@ -154,10 +147,14 @@ def _read_idx_gz(path: Path) -> torch.Tensor:
         raise UsageError(f"{path} is not an IDX file of unsigned bytes (MNIST's format)")
     ndim = content[3]
     shape = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    pixels = content[4 + 4 * ndim :]
-    if len(pixels) != math.prod(shape):
-        raise UsageError(f"{path}: its header gives shape {shape}, but it holds {len(pixels)} values")
-    return torch.frombuffer(bytearray(pixels), dtype=torch.uint8).view(shape)
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if len(content) != expected:
+        unpacked = " unpacked" if path.suffix == ".gz" else ""
+        raise UsageError(
+            f"{path} is {len(content)} bytes{unpacked}, but its header's shape {shape} needs {expected}: "
+            "the file is cut short or corrupt; replace it with a fresh copy"
+        )
+    return torch.frombuffer(bytearray(content[4 + 4 * ndim :]), dtype=torch.uint8).view(shape)
 
 
 def _load_cifar10(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:

@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -128,11 +129,25 @@ def server_problem(uri: str, timeout: float = SERVER_TIMEOUT) -> str | None:
     return None
 
 
+def store_problem(uri: str) -> str | None:
+    """Why MLflow cannot keep runs at uri, in the words after `key=uri`: a scheme it has no tracking store for; else None."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores  # the registry MLflow itself consults
+
+    try:
+        stores.get_store_builder(uri)  # finds the builder for uri's scheme; builds nothing
+    except mlflow.exceptions.MlflowException:
+        schemes = ", ".join(f"{scheme}://" for scheme in sorted(stores._registry) if scheme)
+        return f"names a scheme ({urllib.parse.urlparse(uri).scheme}) MLflow has no tracking store for; allowed: a path, or one of {schemes}"
+    return None
+
+
 def require_server(uri: str, key: str) -> None:
-    """Stop with one line and exit code 2 when uri names a user or password, or the tracking server there does not
-    answer or refuses the credentials (key: where uri was set)."""
+    """Stop with one line and exit code 2 when uri names a user or password or a scheme MLflow has no store for, or
+    the tracking server there does not answer or refuses the credentials (key: where uri was set)."""
     if holds_credentials(uri):
         reject(f"{key}={uri}: {NO_CREDENTIALS}")  # reject shows the password as ***
+    if (problem := store_problem(uri)) is not None:
+        reject(f"{key}={uri} {problem}")
     if (problem := server_problem(uri)) is not None:
         reject(f"{key}={uri} {problem}")
 

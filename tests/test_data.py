@@ -323,7 +323,8 @@ def test_mnist_from_gzipped_idx_files_equals_mnist_from_plain_ones(tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab", "is not an IDX file of unsigned bytes"), (b"\x00\x00\x08\x01\x00\x00\x00\x03ab", "holds 2 values")],
+    [(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab", "is not an IDX file of unsigned bytes"),
+     (b"\x00\x00\x08\x01\x00\x00\x00\x03ab", "is 10 bytes unpacked, but its header's shape [3] needs 11")],  # fmt: skip
 )
 def test_bad_gzipped_idx_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
     raw = tmp_path / "MNIST" / "raw"
@@ -333,6 +334,23 @@ def test_bad_gzipped_idx_file_is_one_line_naming_it(tmp_path: Path, content: byt
     with pytest.raises(UsageError) as error:
         load_data(OmegaConf.create({"name": "mnist", "download": False}), tmp_path, tmp_path)
     assert message in str(error.value) and "train-images-idx3-ubyte.gz" in str(error.value) and "\n" not in str(error.value)
+
+
+@needs("MNIST")
+def test_a_truncated_mnist_file_is_one_line_naming_it_its_size_and_the_size_expected(tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.MNIST_FILES:
+        (raw / name).symlink_to(DATA / "MNIST" / "raw" / name)
+    images = raw / "train-images-idx3-ubyte"
+    images.unlink()
+    images.write_bytes((DATA / "MNIST" / "raw" / images.name).read_bytes()[:1000])  # a download cut short
+    with pytest.raises(UsageError) as error:
+        load_data(OmegaConf.create({"name": "mnist", "download": False}), tmp_path, tmp_path)
+    assert str(error.value) == (
+        f"{images} is 1000 bytes, but its header's shape [60000, 28, 28] needs 47040016: "
+        "the file is cut short or corrupt; replace it with a fresh copy"
+    )
 
 
 def test_a_file_that_is_not_gzip_is_one_line_naming_it(tmp_path: Path) -> None:

@@ -154,6 +154,18 @@ def test_unreachable_server_stops_before_any_job_with_one_line(tmp_path, env, mo
     assert seconds < 60, f"{seconds:.0f} s: imports take 5-12 s here; MLflow's own retries would take minutes"
 
 
+@pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], ["dataset=synthetic", "train=smoke"]], ids=["sweep", "run"])
+def test_a_scheme_mlflow_cannot_store_runs_at_stops_before_any_job_with_one_line(tmp_path, env, mode):
+    command = [sys.executable, "-m", "aos_bench", *mode, "tracking.uri=ftp://host/runs", f"hydra.sweep.dir={tmp_path}/multirun"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("aos_bench: tracking.uri=ftp://host/runs names a scheme (ftp) MLflow has no tracking store for; "
+                           "allowed: a path, or one of ")  # fmt: skip
+    assert {"sqlite://", "http://", "https://", "file://"} <= set(line.split("one of ")[1].split(", "))  # MLflow's own list
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "multirun").exists()
+
+
 def test_report_stops_at_an_unreachable_server(capsys):
     uri = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(SystemExit) as stop:
