@@ -18,7 +18,7 @@ from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, set_up
-from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, tracking_uri, ui_address
+from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, run_name, tracking_uri, ui_address
 from aos_bench.train import fit, pick_device, predict, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
             cfg.seed,
             on_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
             progress=progress,
+            name=run_name(cfg),
         )
         mlflow.log_dict(
             {

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aos_bench.checks import hydra_error_line, validate
 from aos_bench.errors import UsageError, reject
+from aos_bench.progress import watch
 
 if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
     import mlflow
@@ -40,6 +42,9 @@ if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra b
     from aos_bench.data import ImageData
 
 log = logging.getLogger(__name__)
+# In the launching process, each sweep's progress.watch stop function, by parent run id: not an attribute of the
+# callback, which Hydra's joblib launcher pickles for its workers (a thread cannot be pickled)
+FINISH_PROGRESS: dict[str, Callable[[], None]] = {}
 
 
 def sweep_key(config: DictConfig) -> str:
@@ -50,6 +55,16 @@ def sweep_key(config: DictConfig) -> str:
     grid = OmegaConf.to_container(config.hydra.sweeper).get("params")  # a preset's hydra.sweeper.params
     text = json.dumps({"overrides": overrides, "grid": grid}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def parent_name(config: DictConfig) -> str:
+    """The parent run's name: the preset and the overrides that narrow its grid (`table1 sweep dataset=intel`), or,
+    without a preset, `sweep` and the time it started."""
+    if not config.preset:
+        return f"sweep {time.strftime('%Y-%m-%d %H:%M')}"
+    grid = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    narrowing = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") in grid]
+    return " ".join([f"{config.preset} sweep", *narrowing])
 
 
 def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: str) -> str:
@@ -66,8 +81,7 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     )
     described = {"mlflow.note.content": f"python -m aos_bench -m {tags['sweep_command']}".rstrip()}  # its description
     if not last:
-        name = f"{config.preset} sweep" if config.preset else f"sweep {time.strftime('%Y-%m-%d %H:%M')}"
-        return client.create_run(experiment_id, tags=tags | described, run_name=name).info.run_id
+        return client.create_run(experiment_id, tags=tags | described, run_name=parent_name(config)).info.run_id
     run_id = last[0].info.run_id
     client.update_run(run_id, status="RUNNING")
     for name, value in tags.items():
@@ -192,6 +206,7 @@ class SweepTracking(Callback):
         client = mlflow.MlflowClient(self.uri)
         self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))
         os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job
+        FINISH_PROGRESS[self.run_id] = watch(self.uri, self.run_id, len(jobs))
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
         stopped: list[str] = []
         stop_on_signals(stopped)
@@ -203,6 +218,7 @@ class SweepTracking(Callback):
 
         from aos_bench.tracking import ui_address
 
+        FINISH_PROGRESS.pop(self.run_id)()
         client = mlflow.MlflowClient(self.uri)
         client.set_terminated(self.run_id, "FINISHED")
         log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))

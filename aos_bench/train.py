@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from aos_bench.data import UsageError
 from aos_bench.errors import Diverged
 from aos_bench.methods import Method
+from aos_bench.progress import duration
 
 EXAMPLES = 8  # minority images kept (original and attacked) for adversarial_examples.png
 log = logging.getLogger(__name__)
@@ -111,8 +112,10 @@ def fit(
     seed: int,
     on_epoch: Callable[[int, dict], None] = lambda epoch, stats: None,
     progress: bool = False,
+    name: str = "",
 ) -> dict:
-    """Train `model` in place on uint8 images `x` (on the training device) with labels `y`; returns the run's statistics."""
+    """Train `model` in place on uint8 images `x` (on the training device) with labels `y`; returns the run's statistics.
+    Without a progress bar, each epoch logs a line that starts with `name` (the run's: parallel jobs share one log)."""
     device = x.device
     gen = torch.Generator(device).manual_seed(seed)
     if method.synthesize is not None:
@@ -176,7 +179,8 @@ def fit(
         epochs.set_postfix(loss=f"{epoch_stats['train_loss']:.3f}")
         on_epoch(epoch, epoch_stats)
         if not progress:  # no bar (a multirun, no terminal): one line per epoch instead
-            log.info(epoch_line(epoch, cfg["epochs"], epoch_stats["train_loss"], stats["train_steps"], total, time.perf_counter() - start))
+            line = epoch_line(epoch, cfg["epochs"], epoch_stats["train_loss"], stats["train_steps"], total, time.perf_counter() - start)
+            log.info(f"{name}: {line}" if name else line)
         if stats["train_steps"] == total:
             break
     return stats
@@ -185,8 +189,8 @@ def fit(
 def epoch_line(epoch: int, epochs: int, loss: float, steps: int, total: int, seconds: float) -> str:
     """`epoch 3/40 loss 0.412 12.3 steps/s ETA 4m10s`: where a run without a progress bar stands."""
     rate = steps / max(seconds, 1e-9)
-    eta = round((total - steps) / rate) if rate else 0
-    return f"epoch {epoch + 1}/{epochs} loss {loss:.3f} {rate:.1f} steps/s ETA {eta // 60}m{eta % 60:02d}s"
+    eta = (total - steps) / rate if rate else 0
+    return f"epoch {epoch + 1}/{epochs} loss {loss:.3f} {rate:.1f} steps/s ETA {duration(eta)}"
 
 
 def diverged(losses: torch.Tensor, first_step: int, lr: float) -> Diverged:

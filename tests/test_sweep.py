@@ -1,5 +1,6 @@
 """Sweeps: the presets, one MLflow parent run per sweep, resume, parallel launchers and the report."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -231,6 +232,18 @@ def test_same_command_reopens_its_parent_run_and_force_starts_a_new_one(tmp_path
     assert client.get_run(forced).data.tags["preset"] == "smoke"
 
 
+def progress_lines(log: str) -> list[tuple[int, int, str, str]]:
+    """(k, N, run name, F1) of each `[k/N] <run name>: F1 <value> (<time>); ETA <time>` line, in order; the last has no ETA."""
+    found = re.findall(r"\[(\d+)/(\d+)\] (.+?): F1 (\d+\.\d\d) \(\d+m\d\ds\)(; ETA \d+m\d\ds)?$", log, re.MULTILINE)
+    assert [bool(eta) for *_, eta in found] == [True] * (len(found) - 1) + [False] * bool(found)
+    return [(int(k), int(n), name, f1) for k, n, name, f1, _ in found]
+
+
+def ended_order(children: pd.DataFrame) -> list[str]:
+    """The run names of `children` in the order their runs ended."""
+    return children.sort_values("end_time")["tags.mlflow.runName"].tolist()
+
+
 def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_path, env, empty_store):
     copy_store(empty_store, tmp_path / "mlruns")  # the launching process creates the experiment before 4 jobs start
     args = [*TINY, "method=base", "seed=0,1,2,3"]  # one override sets the number of seeds
@@ -241,6 +254,10 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     assert sorted(children["params.seed"]) == ["0", "1", "2", "3"] and (children["status"] == "FINISHED").all()
     assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
     assert (children["params.data_seed"] == children["params.seed"]).all()
+    assert parents["tags.mlflow.runName"].tolist() == ["smoke sweep imbalance.mu=0.3 method=base seed=0,1,2,3"]  # its narrowing
+    f1 = {row["tags.mlflow.runName"]: row["metrics.test_f1_macro"] for _, row in children.iterrows()}
+    assert progress_lines(result.stdout) == [(k, 4, name, f"{f1[name]:.2f}") for k, name in enumerate(ended_order(children), 1)]
+    assert all(f"{name}: epoch 1/" in result.stdout for name in f1)  # the 4 workers' epoch lines, each named
     # interrupted: seed 1's worker was killed while it ran (its run left RUNNING), seed 2 never started, the sweep
     # ended FAILED
     client = mlflow.MlflowClient()
@@ -252,7 +269,10 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     result = sweep_cli(tmp_path, env, *args)  # the same sweep, resumed with the default launcher
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("skipped: this sweep already has a FINISHED run") == 2
+    assert "[2/4] done before this launch: their jobs are skipped" in result.stdout
     parents_after, children = stored(tmp_path)
+    rerun = children[~children["run_id"].isin(run_of_seed)]
+    assert [line[:2] for line in progress_lines(result.stdout)] == [(3, 4), (4, 4)] and len(rerun) == 2
     assert parents_after[["run_id", "status"]].values.tolist() == [[parents["run_id"].iloc[0], "FINISHED"]]
     finished = children[children["status"] == "FINISHED"]
     assert sorted(finished["params.seed"]) == ["0", "1", "2", "3"]
