@@ -1,6 +1,6 @@
 """Step, linear and exponential imbalance: exact class sizes and a seeded choice of images.
 
-Definitions (also in the README, held by tests/test_imbalance.py):
+Definitions (also in docs/imbalance.md, held by tests/test_imbalance.py):
 - n_max = the smallest class size of the train split unless `imbalance.n_max` is set; n_min = max(1, round(n_max / rho)).
 - step: k = floor(mu * N + 0.5) minority classes (1 <= k <= N-1) of n_min images, the others n_max.
 - linear: class sizes round(n_min + (n_max - n_min) * i / (N - 1)), i = 0..N-1, over a class order; every class
