@@ -135,6 +135,7 @@ RULES: dict[str, Rule] = {
     "method.s": number(0, low_open=True),
     "method.drw_start": number(0, 1, unit="fraction of the optimizer steps"),
     "method.tau": number(0),
+    "method.lr_scale": number(0, low_open=True, unit="times the recipe's train.lr"),
     "model.widths": numbers(whole(1)),
     "model.hidden": numbers(whole(1)),
     "model.dropout": numbers(number(0, 1, high_open=True)),

@@ -95,9 +95,10 @@ def schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     return lambda t: (t + 1) / warm if t < warm else max(0.0, (total_steps - t) / max(1, total_steps - warm))
 
 
-def make_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.SGD:
-    """Nesterov SGD with the recipe's peak learning rate, momentum and weight decay."""
-    return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"])
+def make_optimizer(model: nn.Module, cfg: Mapping, lr_scale: float = 1.0) -> torch.optim.SGD:
+    """Nesterov SGD with the recipe's peak learning rate (times a method's lr_scale), momentum and weight decay."""
+    lr = cfg["lr"] * lr_scale
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"])
 
 
 def fit(
@@ -130,7 +131,7 @@ def fit(
     total = steps_per_epoch * cfg["epochs"]
     if cfg["max_steps"] is not None:
         total = min(total, cfg["max_steps"])
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, method_cfg.get("lr_scale", 1.0))  # a per-method setting: conf/method/reweight.yaml
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
     stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist()}
     epochs = tqdm(range(cfg["epochs"]), desc="epochs", disable=not progress, leave=False)

@@ -132,6 +132,7 @@ def test_aos_draws_repeat_for_a_seed():
         (["method=aos", "method.steps=0"], "method.steps=0: a whole number >= 1"),
         (["method=aos", "method.targeted=yes"], "method.targeted=yes: one of: true, false"),
         (["method=reweight", "method.beta=1.0"], r"method.beta=1.0: null \(inverse frequency\), or a number in \[0, 1\)"),
+        (["method=reweight", "method.lr_scale=0"], r"method.lr_scale=0: a number > 0 \(times the recipe's train.lr\)"),
         (["method=focal", "method.gamma=two"], "method.gamma=two: a number >= 0"),
         (["method=ldam_drw", "method.s=0"], "method.s=0: a number > 0"),
         (["method=smote", "method.k=0"], "method.k=0: a whole number >= 1"),

@@ -106,6 +106,21 @@ def test_clip_norm_caps_the_step_and_the_run_counts_clipped_steps():
     assert epochs[0]["clipped_steps"] == 1
 
 
+def test_reweight_trains_at_its_lr_scale_times_the_recipes_lr():
+    # re-weighting's documented per-method setting (conf/method/reweight.yaml): exactly a run at lr_scale x train.lr
+    # (0.5 here, so that 0.05 x 0.5 is 0.025 in floating point too)
+    x, y = torch.randint(0, 256, (64, 1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 4
+    trained = {}
+    for lr, lr_scale in ((0.05, 0.5), (0.025, 1.0), (0.05, 1.0)):
+        cfg = make_config("dataset=synthetic", "method=reweight", f"train.lr={lr}", f"method.lr_scale={lr_scale}", "train.max_steps=3", "train.epochs=1")
+        torch.manual_seed(0)
+        model = build_model(cfg.model, x.shape[1:], 4, cfg.dataset.mean, cfg.dataset.std)
+        train.fit(model, x, y, get_method("reweight"), cfg.train, cfg.method, cfg.dataset.augment, [1, 2, 3], 0)
+        trained[lr, lr_scale] = torch.cat([param.detach().flatten() for param in model.parameters()])
+    assert make_config("method=reweight").method.lr_scale == 0.2
+    assert torch.equal(trained[0.05, 0.5], trained[0.025, 1.0]) and not torch.equal(trained[0.05, 0.5], trained[0.05, 1.0])
+
+
 @pytest.mark.gpu
 def test_on_the_gpu_aos_attacks_a_fraction_p_of_minority_images_and_stays_in_range():
     steps, p = synthetic_aos(0, "cuda"), make_config("method=aos").method.p
