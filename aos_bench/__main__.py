@@ -2,7 +2,6 @@
 
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,10 +11,9 @@ from omegaconf import DictConfig
 
 from aos_bench.checks import hydra_error_line, validate
 from aos_bench.errors import UsageError, reject
+from aos_bench.paths import CONFIG_DIR
 from aos_bench.sweep import jobs_in_process
 
-# conf/ at the top of a checkout, or aos_bench/conf inside an installed package
-CONFIG_DIR = next(p for p in (Path(__file__).parent / "conf", Path(__file__).parents[1] / "conf") if p.is_dir())
 HYDRA_RAISES = "HYDRA_FULL_ERROR"  # =1: Hydra raises its errors instead of printing them over several lines
 SET_BY_CLI = []  # holds True while cli() has set HYDRA_RAISES for the user
 

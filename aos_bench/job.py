@@ -17,9 +17,9 @@ from aos_bench.methods import get_method, validate_method
 from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
-from aos_bench.runtime import describe, set_up
+from aos_bench.runtime import describe, pick_device, set_up
 from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, run_name, tracking_uri, ui_address
-from aos_bench.train import fit, pick_device, predict, resolve_precision
+from aos_bench.train import fit, predict, resolve_precision
 
 log = logging.getLogger(__name__)
 

@@ -15,24 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from aos_bench.data import UsageError
 from aos_bench.errors import Diverged
 from aos_bench.methods import Method
 from aos_bench.progress import duration
 
 EXAMPLES = 8  # minority images kept (original and attacked) for adversarial_examples.png
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` = CUDA when present, else the CPU; `cuda` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("train.device='cuda' but no CUDA device is available; allowed here: auto, cpu")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"train.device={name!r} is not one of: auto, cpu, cuda")
-    return torch.device(name)
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:

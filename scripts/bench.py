@@ -40,13 +40,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from aos_bench.__main__ import CONFIG_DIR
 from aos_bench.data import ImageData, _unnest, load_data
 from aos_bench.imbalance import Subset as ImbalancedSubset, make_subset
 from aos_bench.methods import get_method
 from aos_bench.models import build_model
+from aos_bench.paths import CONFIG_DIR
+from aos_bench.runtime import pick_device
 from aos_bench.tracking import job_run
-from aos_bench.train import autocast, epoch_images, fit, make_optimizer, pick_device
+from aos_bench.train import autocast, epoch_images, fit, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 AOS_BUDGET = 0.75  # goal: AOS time per image <= (1 + AOS_BUDGET * attacked fraction) x ROS time per image

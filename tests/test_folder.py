@@ -20,6 +20,8 @@ from aos_bench.checks import validate
 from aos_bench.data import UsageError, load_data, normalisation
 from aos_bench.job import prepare
 from aos_bench.methods import METHODS
+from aos_bench.report import figures, paper
+from aos_bench.report.runs import METHODS as PAPER_METHODS, per_seed, sweep_runs
 from aos_bench.tracking import ensure_experiment
 
 # torchvision 0.29 deprecates write_png/decode_image (used here to make and check PNGs) on every call.
@@ -328,7 +330,7 @@ def test_paper_layout_on_a_folder_has_no_paper_column(tmp_path, empty_store):
     mlflow.set_experiment(experiment_id=ensure_experiment(uri, "aos_bench"))
     client = mlflow.MlflowClient(uri)
     parent = client.create_run(mlflow.get_experiment_by_name("aos_bench").experiment_id, tags={"sweep_key": "k"}).info.run_id
-    for offset, method in enumerate(report.METHODS):
+    for offset, method in enumerate(PAPER_METHODS):
         for seed in (0, 1):
             log_folder_run(parent, method, seed, 60.0 + 10 * offset + seed)
     client.set_terminated(parent, "FINISHED")
@@ -340,8 +342,8 @@ def test_paper_layout_on_a_folder_has_no_paper_column(tmp_path, empty_store):
     assert "| folder |  |  | 0.1 | AOS | 80.50 | 0.71 | 2 | 10 |  |" in text and "no paper values" in text
     assert "| dataset | mu | rho | AOS − ROS | p (vs ROS) | AOS − BASE | p (vs BASE) | ours: best to worst |" in text
     assert "| folder |  |  | +10.00 (n=2) | 0.500 | +20.00 (n=2) | 0.500 | AOS > ROS > BASE |" in text
-    runs = report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, parent)
-    cells = report.cells(report.per_seed(runs), "none")
-    classes, minority, seed = report.per_class(runs, report.per_class_row(cells, None))
-    figure = report.figure(cells, runs, classes, minority, ("left", "right"))
+    runs = sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, parent)
+    cells = paper.cells(per_seed(runs), "none")
+    classes, minority, seed = figures.per_class(runs, figures.per_class_row(cells, None))
+    figure = figures.figure(cells, runs, classes, minority, ("left", "right"))
     assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["folder"] and minority == ["owl"]  # one row

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from aos_bench import report, studies
+from aos_bench import report
 from aos_bench.methods import METHODS
+from aos_bench.report import studies
+from aos_bench.report.runs import sweep_runs
 from aos_bench.tracking import ensure_experiment
 
 
@@ -91,7 +93,7 @@ def test_sensitivity_report_is_a_heatmap_with_the_papers_eps_marked(tmp_path, st
     assert "**not in the table: 1 job(s) of the sweep without a FINISHED run**" in text  # the diverged job is named
     assert "`dataset.name=mnist imbalance.kind=step imbalance.mu=0.9 method.name=aos method.eps=0.2 method.p=1.0 seed=2`: FAILED, Diverged: the training loss is nan at step 7" in text
     assert "| p | eps=0.05 | eps=0.1 (paper) | eps=0.2 |" in text and "Best cell: eps = 0.2, p = 1" in text
-    runs = report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
+    runs = sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
     figure = studies.heatmap(studies.grid_cells(runs), 0.1, "t")
     outline = [patch for patch in figure.axes[0].patches if not patch.get_fill()]
     assert len(outline) == 1 and outline[0].get_x() == pytest.approx(0.5)  # around the second column, eps = 0.1

@@ -15,6 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from aos_bench import report, sweep
+from aos_bench.report import figures, paper
+from aos_bench.report.runs import METHODS, RECIPE_KEYS, sweep_runs
 from aos_bench.tracking import ensure_experiment, flat_params
 
 # the smoke preset shrunk to one row, one optimizer step per job and no report at its end
@@ -172,20 +174,20 @@ def test_report_refuses_a_sweep_that_mixes_two_recipes(tmp_path, empty_store):
 def test_report_refuses_sweeps_whose_recipe_of_one_name_set_different_values(tmp_path, empty_store):
     uri = copy_store(empty_store, tmp_path)
     recipe = {"model.arch": "lenet", "train.epochs": 10, "train.epoch_size": "balanced", "train.lr": 0.02}
-    before = one_sweep(uri, [(m, 0.3, 0, 45.0, "paper", ("a", "b")) for m in report.METHODS], {**recipe, "dataset.augment.crop_pad": 0})
-    after = one_sweep(uri, [(m, 0.9, 0, 55.0, "paper", ("a", "b")) for m in report.METHODS], {**recipe, "dataset.augment.crop_pad": 4})
+    before = one_sweep(uri, [(m, 0.3, 0, 45.0, "paper", ("a", "b")) for m in METHODS], {**recipe, "dataset.augment.crop_pad": 0})
+    after = one_sweep(uri, [(m, 0.9, 0, 55.0, "paper", ("a", "b")) for m in METHODS], {**recipe, "dataset.augment.crop_pad": 4})
     with pytest.raises(ValueError, match=r"recipe paper on mnist ran with dataset\.augment\.crop_pad = 0, 4: one table"):
         report.write_report(uri, "aos_bench", f"{before},{after}", tmp_path / "results")
     assert report.write_report(uri, "aos_bench", before, tmp_path / "results")[0].exists()  # each state alone is a table
     keys = flat_params(make_config("recipe=paper", "dataset=cifar10"))
-    for name in report.RECIPE_KEYS:  # every key the check reads is one a job logs
+    for name in RECIPE_KEYS:  # every key the check reads is one a job logs
         assert any(key == name or (name.endswith(".") and key.startswith(name)) for key in keys), name
 
 
 def test_report_joins_sweeps_of_one_preset_into_one_table(tmp_path, empty_store):
     uri = copy_store(empty_store, tmp_path)
-    first = one_sweep(uri, [(m, 0.3, 0, 90.0, "paper", ("a", "b")) for m in report.METHODS])
-    second = one_sweep(uri, [(m, 0.9, 0, 70.0, "paper", ("a", "b")) for m in report.METHODS])
+    first = one_sweep(uri, [(m, 0.3, 0, 90.0, "paper", ("a", "b")) for m in METHODS])
+    second = one_sweep(uri, [(m, 0.9, 0, 70.0, "paper", ("a", "b")) for m in METHODS])
     paths = report.write_report(uri, "aos_bench", f"{first},{second}", tmp_path / "results")
     table = pd.read_csv(paths[1]).dropna(subset=["mean"])
     assert sorted(set(table["mu"])) == [0.3, 0.9] and len(table) == 6
@@ -197,11 +199,11 @@ def test_report_joins_sweeps_of_one_preset_into_one_table(tmp_path, empty_store)
 def test_report_figure_stars_the_minority_digits(tmp_path, empty_store):
     uri = copy_store(empty_store, tmp_path)
     digits = tuple(str(d) for d in range(10))  # class names that pandas would read back as integers
-    sweep = one_sweep(uri, [(m, 0.9, 0, 50.0, "paper", digits) for m in report.METHODS])
-    runs = report.sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
-    table = report.cells(runs, "table2")
-    classes, minority, _ = report.per_class(runs, ("mnist", 0.9, 500))
-    fig = report.figure(table, runs, classes, minority, ("left", "right"))
+    sweep = one_sweep(uri, [(m, 0.9, 0, 50.0, "paper", digits) for m in METHODS])
+    runs = sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, sweep)
+    table = paper.cells(runs, "table2")
+    classes, minority, _ = figures.per_class(runs, ("mnist", 0.9, 500))
+    fig = figures.figure(table, runs, classes, minority, ("left", "right"))
     labels = [label.get_text() for label in fig.axes[1].get_xticklabels()]
     assert labels == [f"{d}*" if d % 2 else str(d) for d in range(10)]  # log_child makes the odd classes minority
     fig.canvas.draw()

@@ -1,18 +1,24 @@
 """Reports of the studies beyond the paper's tables: every method side by side, and AOS's eps x p sensitivity.
 
-aos_bench.report.write_report picks a layout of LAYOUTS by the sweep's preset; each writes <out>/<preset>.md, .csv,
-.png and _runs.csv and returns the four paths.
+aos_bench.report.write_report picks write_methods or write_sensitivity by the sweep's preset; each writes <out>/<preset>.md,
+.csv, .png and _runs.csv and returns the four paths.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import mlflow
-import numpy as np
-import pandas as pd
+import matplotlib
 
-from aos_bench.report import ENV, NAMES, PAPER, environment, fmt, markdown_table, missing_jobs, provenance, settings_text, sign_flip_p
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from aos_bench.paths import PAPER  # noqa: E402
+from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text  # noqa: E402
+from aos_bench.report.runs import ENV  # noqa: E402
+from aos_bench.report.stats import sign_flip_p  # noqa: E402
 
 STUDY_ROW = ["dataset", "imbalance", "mu", "rho"]  # a row of the methods table: the exp row has no mu
 REFERENCE = "aos"  # every method is tested against AOS
@@ -251,10 +257,3 @@ Best cell: eps = {best['eps']:g}, p = {best['p']:g}, {best['mean']:.2f} ± {best
 """
     figure = heatmap(cells, marked, f"{name}: AOS mean macro-F1, {study_row_label(*row)}")
     return write_files(out, name, text, cells, figure, runs, [*STUDY_ROW, *GRID, "seed", "f1", "steps"])
-
-
-LAYOUTS: dict[str, Callable[..., list[Path]]] = {
-    "methods": write_methods,
-    "compare": write_methods,  # every method on one dataset of the user's choice (experiment=compare)
-    "aos_sensitivity": write_sensitivity,
-}

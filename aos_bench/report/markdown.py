@@ -1,0 +1,68 @@
+"""How a report page writes things: the paper's names, numbers as cells, markdown tables, and where the runs come from."""
+
+from collections.abc import Sequence
+
+import mlflow
+import pandas as pd
+
+from aos_bench.report.runs import ENV, unfinished
+
+NAMES = {
+    "mnist": "MNIST", "cifar10": "CIFAR-10", "intel": "Intel", "base": "BASE", "ros": "ROS", "aos": "AOS", "rus": "RUS",
+    "smote": "SMOTE", "reweight": "Reweight", "focal": "Focal", "ldam_drw": "LDAM-DRW",
+    "balanced_softmax": "Bal. softmax", "threshold": "Threshold",
+}
+JOB_SETTINGS = ["dataset.name", "imbalance.kind", "imbalance.mu", "method.name", "method.eps", "method.p", "seed"]
+
+
+def fmt(spec: str, values: pd.Series) -> list[str]:
+    """Each value formatted with `spec` (e.g. '.2f'), a missing one as an empty cell."""
+    return ["" if pd.isna(value) else format(value, spec) for value in values]
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """`frame` as a GitHub markdown table (cells already formatted as text)."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def row_label(dataset: str, mu: float, rho: float) -> str:
+    """'MNIST mu=0.3 rho=500'; 'folder' for a row without imbalance settings."""
+    return f"{NAMES.get(dataset, dataset)}{settings_text(mu, rho)}"
+
+
+def settings_text(mu: float, rho: float) -> str:
+    """' mu=0.3 rho=500', without the settings a row has not (exp has no mu, none has neither)."""
+    return "".join(f" {name}={value:g}" for name, value in (("mu", mu), ("rho", rho)) if pd.notna(value))
+
+
+def environment(runs: pd.DataFrame) -> str:
+    """What the runs ran on, from their env.* params: each value once, several when the runs differ."""
+    values = {key: ", ".join(sorted(set(map(str, runs[key])))) for key in ("recipe", *ENV)}
+    return (
+        f"recipe `{values['recipe']}`; torch {values['torch']} on {values['device']}, {values['threads']} torch "
+        f"thread(s) per job, precision {values['precision']}, deterministic algorithms {values['deterministic']}"
+    )
+
+
+def provenance(parents: Sequence[mlflow.entities.Run]) -> str:
+    """Markdown lines naming each sweep the table comes from: its parent run id, status and launching command."""
+    return "\n".join(
+        f"- sweep `{parent.info.run_id}` ({parent.info.status}), last launched as "
+        f"`python -m aos_bench -m {parent.data.tags.get('sweep_command')}` into `{parent.data.tags.get('sweep_dir')}`;"
+        for parent in parents
+    )
+
+
+def missing_jobs(parents: Sequence[mlflow.entities.Run]) -> str:
+    """Markdown lines naming each job of the sweeps without a FINISHED run (its settings, status and error), or ''."""
+    jobs = pd.concat([unfinished(p.info.experiment_id, p.info.run_id) for p in parents], ignore_index=True)
+    if jobs.empty:
+        return ""
+    lines = []
+    for _, job in jobs.iterrows():
+        settings = " ".join(f"{key}={job[f'params.{key}']}" for key in JOB_SETTINGS if pd.notna(job.get(f"params.{key}")))
+        error = job.get("tags.error")
+        lines.append(f"  - `{settings}`: {job['status']}" + (f", {error}" if isinstance(error, str) else ""))
+    return f"\n- **not in the table: {len(jobs)} job(s) of the sweep without a FINISHED run** (the last run of each):\n" + "\n".join(lines)

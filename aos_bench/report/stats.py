@@ -1,0 +1,56 @@
+"""The statistics of a table: the paired sign-flip test, and the noise floor of a sweep run under several thread counts."""
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from aos_bench.report.runs import ROW
+
+EXACT_UP_TO = 16  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
+DIFFERENCES = (2, 5, 10)  # F1 points: differences whose required number of seeds the noise report gives
+
+
+def sign_flip_p(diffs: np.ndarray) -> float:
+    """Two-sided p-value of the paired sign-flip permutation test that the mean difference is zero."""
+    if len(diffs) < 2:
+        return np.nan
+    resamples = np.inf if len(diffs) <= EXACT_UP_TO else 2**EXACT_UP_TO
+    return float(stats.permutation_test((diffs,), np.mean, permutation_type="samples", n_resamples=resamples, rng=0).pvalue)
+
+
+def seeds_needed(sd: float, difference: float) -> int:
+    """Seeds for a paired test to find `difference` with paired-difference sd `sd` (5% two-sided, 80% power), at least 6.
+
+    6 is the sign-flip test's floor: with n seeds no p-value is below 2 / 2^n, which first drops under 0.05 at n = 6.
+    """
+    return max(6, math.ceil(((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * sd / difference) ** 2))
+
+
+def noise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per row and method, for sweeps that ran each seed under several thread counts: within- and between-seed spread.
+
+    within = root mean square over seeds of the std across thread counts (same seed and subset, another float order);
+    between = std over seeds at one thread count, averaged over the thread counts.
+    """
+    if runs["threads"].nunique() < 2:
+        return pd.DataFrame()
+    lines = []
+    for key, cell in runs.groupby([*ROW, "method"], sort=False):
+        within = np.sqrt(cell.groupby("seed")["f1"].var().mean())
+        between = cell.groupby("threads")["f1"].std().mean()
+        lines.append({**dict(zip([*ROW, "method"], key)), "within": within, "between": between, "seeds": cell["seed"].nunique()})
+    return pd.DataFrame(lines)
+
+
+def noise_of_differences(runs: pd.DataFrame, other: str = "ros") -> pd.DataFrame:
+    """Per row: the std over seeds of AOS minus `other`, at one thread count (averaged over them), and the seeds needed."""
+    lines = []
+    for key, cell in runs.groupby(ROW, sort=False):
+        by_seed = cell.pivot_table(index=["threads", "seed"], columns="method", values="f1")
+        if not {"aos", other} <= set(by_seed.columns):
+            continue
+        sd = (by_seed["aos"] - by_seed[other]).groupby(level="threads").std().mean()
+        lines.append({**dict(zip(ROW, key)), "sd": sd, **{f"seeds_{d}": seeds_needed(sd, d) for d in DIFFERENCES}})
+    return pd.DataFrame(lines)
