@@ -38,7 +38,7 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
     # a config run twice in one sweep (two launches racing on a resume) counts once: its latest run
     hashes = runs.sort_values("end_time").reindex(columns=["tags.config_hash"])["tags.config_hash"]
     runs = runs.loc[hashes[~(hashes.notna() & hashes.duplicated(keep="last"))].index]
-    columns = ["params.imbalance.mu", "params.imbalance.rho", "params.method.eps", "params.method.p"]
+    columns = ["params.imbalance.mu", "params.imbalance.rho", "params.method.eps", "params.method.p", "params.method.lr_scale"]
     params = runs.reindex(columns=[*columns, "params.imbalance.kind"])
     return pd.DataFrame(
         {
@@ -49,6 +49,7 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "eps": pd.to_numeric(params["params.method.eps"]),
             "p": pd.to_numeric(params["params.method.p"]),
             "method": runs["params.method.name"],
+            "lr_scale": pd.to_numeric(params["params.method.lr_scale"]).fillna(1.0),  # unlogged: trained at the recipe's lr
             "seed": runs["params.seed"].astype(int),
             "f1": runs[f"metrics.{METRIC}"],
             "f1_minority": runs.reindex(columns=[f"metrics.{MINORITY_METRIC}"])[f"metrics.{MINORITY_METRIC}"],

@@ -23,6 +23,7 @@ from aos_bench.report.stats import sign_flip_p  # noqa: E402
 STUDY_ROW = ["dataset", "imbalance", "mu", "rho"]  # a row of the methods table: the exp row has no mu
 REFERENCE = "aos"  # every method is tested against AOS
 GRID = ["eps", "p"]  # the sensitivity study's two axes
+TUNED = " †"  # a cell whose method trained at its own lr_scale x the recipe's lr, not at the recipe's lr
 
 
 def one_run_each(runs: pd.DataFrame, sweeps: str, keys: Sequence[str]) -> pd.DataFrame:
@@ -46,9 +47,11 @@ def study_row_label(dataset: str, imbalance: str, mu: float, rho: float) -> str:
 
 
 def method_cells(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per row and method: F1 mean, std and seeds, the mean minority-class F1, and the rank of each mean in its row (1 = best)."""
+    """Per row and method: F1 mean, std and seeds, the mean minority-class F1, the rank of each mean in its row (1 = best),
+    and the method's lr_scale (1 = the recipe's lr)."""
     groups = runs.groupby([*STUDY_ROW, "method"], dropna=False)
-    cells = groups["f1"].agg(mean="mean", std="std", seeds="count").join(groups["f1_minority"].agg(minority_mean="mean")).reset_index()
+    cells = groups["f1"].agg(mean="mean", std="std", seeds="count").join(groups["f1_minority"].agg(minority_mean="mean"))
+    cells = cells.join(groups["lr_scale"].max()).reset_index()  # a method's own lr setting (conf/method/reweight.yaml)
     by_row = cells.groupby(STUDY_ROW, dropna=False)
     cells["rank"] = by_row["mean"].rank(ascending=False, method="min")
     cells["minority_rank"] = by_row["minority_mean"].rank(ascending=False, method="min")
@@ -94,12 +97,13 @@ def wide_table(cells: pd.DataFrame, tests: pd.DataFrame, methods: Sequence[str],
 
 
 def f1_text(by_cell: pd.DataFrame, key: tuple) -> str:
-    """'82.31 ± 1.20 (3)': mean ± std over seeds and the rank in its row; empty where not run."""
+    """'82.31 ± 1.20 (3)': mean ± std over seeds and the rank in its row, TUNED after it where the method trained at
+    its own lr_scale; empty where not run."""
     if key not in by_cell.index:
         return ""
     cell = by_cell.loc[key]
     std = "" if pd.isna(cell["std"]) else f" ± {cell['std']:.2f}"
-    return f"{cell['mean']:.2f}{std} ({cell['rank']:.0f})"
+    return f"{cell['mean']:.2f}{std} ({cell['rank']:.0f}){TUNED if cell['lr_scale'] != 1 else ''}"
 
 
 def minority_text(by_cell: pd.DataFrame, key: tuple) -> str:
@@ -156,6 +160,11 @@ def write_methods(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.Da
     f1, minority, paired = wide_table(cells, tests, methods, rows)
     steps = runs.groupby(STUDY_ROW, dropna=False)["steps"].nunique()
     unequal = "" if (steps <= 1).all() else "\n**Optimizer steps differ between the methods of a row**: see `_runs.csv`.\n"
+    tuned = cells[cells["lr_scale"] != 1]
+    if not tuned.empty:  # no reader may take a tuned cell for one at the recipe's settings
+        scales = ", ".join(f"{NAMES.get(m, m)} {s:g} x" for m, s in tuned.groupby("method")["lr_scale"].max().items())
+        unequal += (f"\n**{TUNED.strip()} trained at its method's own learning rate** ({scales} the recipe's `train.lr`: "
+                    "`method.lr_scale`, conf/method/; why: results/README.md); every other cell at the recipe's.\n")
     text = f"""{header(name, "test macro-F1 (%) per method, mean ± std over seeds (rank in the row)", parents, runs)}
 - every method of a row trains on the same imbalanced subsets (one per seed) for the same number of optimizer steps;
   step imbalance: mu = fraction of minority classes; exp: long-tailed class sizes; rho = largest / smallest class;
@@ -180,7 +189,7 @@ exact sign-flip permutation test of a zero mean difference. With n seeds no p-va
 """
     table = cells.merge(tests, on=[*STUDY_ROW, "method"], how="left")
     figure = methods_figure(cells, runs, methods, rows, f"{name}: mean ± std over seeds, dots: runs")
-    return write_files(out, name, text, table, figure, runs, [*STUDY_ROW, "method", "seed", "f1", "f1_minority", "steps"])
+    return write_files(out, name, text, table, figure, runs, [*STUDY_ROW, "method", "seed", "f1", "f1_minority", "steps", "lr_scale"])
 
 
 def write_files(
