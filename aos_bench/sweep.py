@@ -62,7 +62,7 @@ def parent_name(config: DictConfig) -> str:
     without a preset, `sweep` and the time it started."""
     if not config.preset:
         return f"sweep {time.strftime('%Y-%m-%d %H:%M')}"
-    grid = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    grid = {key.lstrip("+~") for key in OmegaConf.select(config, "hydra.sweeper.params") or {}}  # `+row` adds a group
     narrowing = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") in grid]
     return " ".join([f"{config.preset} sweep", *narrowing])
 

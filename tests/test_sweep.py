@@ -229,6 +229,9 @@ def test_same_command_reopens_its_parent_run_and_force_starts_a_new_one(tmp_path
     assert again == first and client.get_run(first).info.status == "RUNNING"  # where runs go is not the sweep
     assert client.get_run(orphan).info.status == "KILLED"
     other = sweep.open_parent(sweep_config("experiment=smoke", "train.epochs=3"), client, experiment_id)
+    assert client.get_run(other).info.run_name == "smoke sweep"  # train.epochs narrows no axis of the grid
+    rows = sweep.open_parent(sweep_config("experiment=methods", "+row=mnist_step_mu0.9", "method=reweight"), client, experiment_id)
+    assert client.get_run(rows).info.run_name == "methods sweep +row=mnist_step_mu0.9 method=reweight"
     forced = sweep.open_parent(sweep_config("experiment=smoke", "force=true"), client, experiment_id)
     assert len({first, other, forced}) == 3
     assert client.get_run(forced).data.tags["preset"] == "smoke"
