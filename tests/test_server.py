@@ -154,7 +154,8 @@ def test_unreachable_server_stops_before_any_job_with_one_line(tmp_path, env, mo
     assert seconds < 60, f"{seconds:.0f} s: imports take 5-12 s here; MLflow's own retries would take minutes"
 
 
-@pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], ["dataset=synthetic", "train=smoke"]], ids=["sweep", "run"])
+@pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], pytest.param(["dataset=synthetic", "train=smoke"], marks=pytest.mark.slow)],
+                         ids=["sweep", "run"])  # fmt: skip  (a single run meets the same check: require_server)
 def test_a_scheme_mlflow_cannot_store_runs_at_stops_before_any_job_with_one_line(tmp_path, env, mode):
     command = [sys.executable, "-m", "aos_bench", *mode, "tracking.uri=ftp://host/runs", f"hydra.sweep.dir={tmp_path}/multirun"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
