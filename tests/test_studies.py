@@ -116,3 +116,17 @@ def test_every_method_finishes_a_smoke_sweep_and_the_methods_report(tmp_path):
     assert (runs["status"] == "FINISHED").all() and (runs["metrics.train_steps"] == 2).all()
     table = pd.read_csv(tmp_path / "multirun" / "methods.csv")  # the methods layout, chosen by the preset
     assert sorted(table["method"]) == sorted(METHODS) and table["seeds"].eq(2).all()
+
+
+def test_a_later_sweep_that_reruns_one_methods_cells_replaces_them_and_the_page_says_so(tmp_path, store):
+    row = {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.9}
+    first = fake_sweep(store, "methods", [{**row, "method.name": m, "seed": s, "f1": f1 + s}
+                                          for m, f1 in (("aos", 84.0), ("reweight", 1.0)) for s in range(3)])  # fmt: skip
+    rerun = fake_sweep(store, "methods", [{**row, "method.name": "reweight", "method.lr_scale": 0.2, "seed": s, "f1": 79.0 + s} for s in range(3)])
+    paths = report.write_report(store, "aos_bench", f"{first},{rerun}", tmp_path)
+    page, table = paths[0].read_text(), pd.read_csv(paths[1]).set_index("method")
+    assert table.loc["reweight", "mean"] == 80.0 and table.loc["reweight", "lr_scale"] == 0.2 and table.loc["aos", "mean"] == 85.0
+    assert f"- **3 runs of an earlier sweep left out: the later sweep `{rerun}` ran the same jobs** (Reweight MNIST step mu=0.9 rho=500);" in page
+    assert "| 80.00 ± 1.00 (2) † |" in page
+    with pytest.raises(ValueError, match="several runs for one"):  # within one sweep, two runs of one job stay an error
+        report.write_report(store, "aos_bench", fake_sweep(store, "methods", [{**row, "method.name": "aos", "seed": 0, "f1": f1} for f1 in (1.0, 2.0)]), tmp_path)

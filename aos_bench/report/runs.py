@@ -55,6 +55,7 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "f1_minority": runs.reindex(columns=[f"metrics.{MINORITY_METRIC}"])[f"metrics.{MINORITY_METRIC}"],
             "steps": runs["metrics.train_steps"],
             "artifact_uri": runs["artifact_uri"],
+            "sweep": sweep_id,
             "recipe": recorded(runs, "params.recipe.name"),
             "subset": recorded(runs, "tags.subset_sha256"),
             **{key: recorded(runs, f"params.env.{key}") for key in ENV},
