@@ -178,9 +178,14 @@ def validate(cfg: DictConfig) -> None:
             raise UsageError(f"{key}={show(value)}: {rule.allowed}")
 
 
+def override_key(override: str) -> str:
+    """The config key a command-line override sets: `+row=a,b` -> `row`, `~seed` -> `seed`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def override_value(key: str, overrides: list[str]) -> str:
     """The value that the command line gave `key` (the last override of it), or `?`."""
-    given = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+~") == key]
+    given = [o.split("=", 1)[1] for o in overrides if "=" in o and override_key(o) == key]
     return given[-1] if given else "?"
 
 

@@ -32,7 +32,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aos_bench.checks import hydra_error_line, validate
+from aos_bench.checks import hydra_error_line, override_key, validate
 from aos_bench.errors import UsageError, reject
 from aos_bench.progress import watch
 
@@ -51,7 +51,7 @@ def sweep_key(config: DictConfig) -> str:
     """16 hex digits naming a sweep command: its overrides and the preset's grid, without tracking.NOT_HASHED keys."""
     from aos_bench.tracking import hashed
 
-    overrides = sorted(o for o in config.hydra.overrides.task if hashed(o.split("=", 1)[0].lstrip("+~")))
+    overrides = sorted(o for o in config.hydra.overrides.task if hashed(override_key(o)))
     grid = OmegaConf.to_container(config.hydra.sweeper).get("params")  # a preset's hydra.sweeper.params
     text = json.dumps({"overrides": overrides, "grid": grid}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -62,8 +62,8 @@ def parent_name(config: DictConfig) -> str:
     without a preset, `sweep` and the time it started."""
     if not config.preset:
         return f"sweep {time.strftime('%Y-%m-%d %H:%M')}"
-    grid = {key.lstrip("+~") for key in OmegaConf.select(config, "hydra.sweeper.params") or {}}  # `+row` adds a group
-    narrowing = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") in grid]
+    grid = {override_key(key) for key in OmegaConf.select(config, "hydra.sweeper.params") or {}}  # `+row` adds a group
+    narrowing = [o for o in config.hydra.overrides.task if override_key(o) in grid]
     return " ".join([f"{config.preset} sweep", *narrowing])
 
 
