@@ -17,9 +17,9 @@ from conftest import ROOT
 from mlflow.entities import Metric, Param, RunTag
 
 from aos_bench.report import write_report
+from aos_bench.report.runs import ENV  # the env.* params a report reads, which the runs CSVs keep
 
 GOLDEN = ROOT / "tests" / "golden" / "report"
-ENV = ("torch", "device", "threads", "precision", "deterministic")  # the env.* params the runs CSVs keep
 CLASSES = {
     "mnist": [str(digit) for digit in range(10)],
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
