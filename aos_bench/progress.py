@@ -56,7 +56,7 @@ def watch(uri: str, sweep_id: str, total: int) -> Callable[[], None]:
     earlier = ended()
     seen = {run.info.run_id for run in earlier}
     skipped = len({run.data.tags.get("config_hash") for run in earlier if run.info.status == "FINISHED"})
-    counts = {"done": skipped, "new": 0, "since": max((run.info.end_time for run in earlier), default=0)}
+    counts = {"new": 0, "since": max((run.info.end_time for run in earlier), default=0)}  # runs ended in this launch; the last end
     if skipped:
         log.info("[%d/%d] done before this launch: their jobs are skipped", skipped, total)
     start = time.time() * 1000  # ms, as MLflow's end times
@@ -68,11 +68,10 @@ def watch(uri: str, sweep_id: str, total: int) -> Callable[[], None]:
                 continue
             seen.add(run.info.run_id)
             counts["since"] = run.info.end_time
-            counts["done"] += 1
             counts["new"] += 1
-            left = total - counts["done"]
-            eta = (run.info.end_time - start) / 1000 / counts["new"] * left if left > 0 else None  # at this launch's pace
-            log.info(job_line(counts["done"], total, run, eta))
+            done = skipped + counts["new"]
+            eta = (run.info.end_time - start) / 1000 / counts["new"] * (total - done) if done < total else None  # at this launch's pace
+            log.info(job_line(done, total, run, eta))
 
     stop = threading.Event()
     lock = threading.Lock()  # the thread and the final call never print the same run twice
