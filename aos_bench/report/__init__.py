@@ -14,13 +14,16 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import mlflow
-import pandas as pd
+import matplotlib
 
-from aos_bench.report.paper import write_paper
-from aos_bench.report.runs import find_sweep, one_recipe, sweep_runs
-from aos_bench.report.studies import write_methods, write_sensitivity
-from aos_bench.tracking import require_server, tracking_uri
+matplotlib.use("Agg")  # files only, no display: once here, before any floor below imports pyplot
+import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from aos_bench.report.paper import write_paper  # noqa: E402
+from aos_bench.report.runs import find_sweep, one_recipe, sweep_runs  # noqa: E402
+from aos_bench.report.studies import write_methods, write_sensitivity  # noqa: E402
+from aos_bench.tracking import require_server, tracking_uri  # noqa: E402
 
 LAYOUTS: dict[str, Callable[..., list[Path]]] = {  # the studies beyond the paper's tables; any other preset: write_paper
     "methods": write_methods,

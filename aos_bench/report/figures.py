@@ -4,16 +4,13 @@ studies draw theirs in aos_bench.report.studies)."""
 import io
 from collections.abc import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend: set in aos_bench/report/__init__.py
+import mlflow
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from aos_bench.report.markdown import NAMES, row_label  # noqa: E402
-from aos_bench.report.runs import METHODS, ROW  # noqa: E402
+from aos_bench.report.markdown import NAMES, row_label
+from aos_bench.report.runs import METHODS, ROW
 
 
 def per_class_row(table: pd.DataFrame, row: str | None) -> tuple:

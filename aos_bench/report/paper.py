@@ -4,19 +4,16 @@ and BASE seed by seed, the noise floor of a sweep run under several thread count
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend: set in aos_bench/report/__init__.py
+import mlflow
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from aos_bench.paths import PAPER  # noqa: E402
-from aos_bench.report.figures import figure, per_class, per_class_row  # noqa: E402
-from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, row_label  # noqa: E402
-from aos_bench.report.runs import ENV, METHODS, ROW, one_table, per_seed  # noqa: E402
-from aos_bench.report.stats import DIFFERENCES, noise, noise_of_differences, sign_flip_p  # noqa: E402
+from aos_bench.paths import PAPER
+from aos_bench.report.figures import figure, per_class, per_class_row
+from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, row_label
+from aos_bench.report.runs import ENV, METHODS, ROW, one_table, per_seed
+from aos_bench.report.stats import DIFFERENCES, noise, noise_of_differences, sign_flip_p
 
 
 def paper_values() -> pd.DataFrame:

@@ -7,18 +7,15 @@ aos_bench.report.write_report picks write_methods or write_sensitivity by the sw
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend: set in aos_bench/report/__init__.py
+import mlflow
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from aos_bench.paths import PAPER  # noqa: E402
-from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text  # noqa: E402
-from aos_bench.report.runs import ENV  # noqa: E402
-from aos_bench.report.stats import sign_flip_p  # noqa: E402
+from aos_bench.paths import PAPER
+from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text
+from aos_bench.report.runs import ENV
+from aos_bench.report.stats import sign_flip_p
 
 STUDY_ROW = ["dataset", "imbalance", "mu", "rho"]  # a row of the methods table: the exp row has no mu
 REFERENCE = "aos"  # every method is tested against AOS
