@@ -131,23 +131,35 @@ def prior_correction(logits: torch.Tensor, counts: torch.Tensor, cfg: Mapping) -
     return F.log_softmax(logits.float(), 1) - log_priors(counts)
 
 
-def fgsm(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 1, majority: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`steps` signed-gradient steps of eps / steps, projected on the eps-ball around x and on [0, 1], leaving parameter
-    grads and BatchNorm statistics as they were. Untargeted: up CE(model(x), y). With a `majority` class mask: down
-    CE(model(x), t), t = the majority class with the highest logit at the first step (after M2m)."""
-    clean = x.detach()
-    # BatchNorm updates its running statistics in place: hand it copies so the model's own stay untouched.
+def frozen(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`model`'s forward on its parameters and on copies of its buffers: BatchNorm updates its running statistics in
+    place, so an attack through this leaves the model's own as they were."""
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     params = dict(model.named_parameters())
+    return lambda x: functional_call(model, (params, buffers), (x,))
+
+
+def fgsm(
+    logits_of: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    steps: int = 1,
+    majority: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`steps` signed-gradient steps of eps / steps, projected on the eps-ball around x and on [0, 1], through the
+    forward `logits_of` (frozen(model), or a stack of models on x of shape (models, batch, ...) with an eps per model),
+    writing no parameter grad. Untargeted: up CE(logits, y). With a `majority` class mask: down CE(logits, t), t = the
+    majority class with the highest logit at the first step (after M2m)."""
+    clean = x.detach()
     target, x = None, clean
     for _ in range(steps):
         x = x.detach().requires_grad_(True)
-        logits = functional_call(model, (params, buffers), (x,))
+        logits = logits_of(x)
         if majority is not None and target is None:
-            target = logits.detach().masked_fill(~majority, -torch.inf).argmax(1)  # the majority class it is closest to
-        loss = F.cross_entropy(logits, y if target is None else target, reduction="sum")
+            target = logits.detach().masked_fill(~majority, -torch.inf).argmax(-1)  # the majority class it is closest to
+        wanted = y if target is None else target
+        loss = F.cross_entropy(logits.flatten(0, -2), wanted.flatten(), reduction="sum")  # a stack's rows as one batch
         (grad,) = torch.autograd.grad(loss, x)  # input gradient only: no parameter .grad is written
         step = eps / steps * grad.sign() * (1 if target is None else -1)
         x = torch.minimum(torch.maximum(x.detach() + step, clean - eps), clean + eps).clamp_(0, 1)
@@ -162,7 +174,7 @@ def adversarial_minority(
     attacked = (is_minority[y] & draw).nonzero().flatten()  # one host sync: the attack's cost follows its size
     if len(attacked):
         majority = ~is_minority if cfg.get("targeted") else None
-        x = x.index_copy(0, attacked, fgsm(model, x[attacked], y[attacked], cfg["eps"], cfg.get("steps", 1), majority))
+        x = x.index_copy(0, attacked, fgsm(frozen(model), x[attacked], y[attacked], cfg["eps"], cfg.get("steps", 1), majority))
     return x, attacked
 
 

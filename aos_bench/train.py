@@ -8,7 +8,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,22 +60,33 @@ def epoch_batches(positions: torch.Tensor, n_images: int, batch_size: int, gen: 
     return epoch_order(positions, n_images, gen).split(batch_size)
 
 
-def augment(x: torch.Tensor, flip: bool, crop_pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and translations by up to crop_pad pixels (reflect padding), per image, of any dtype."""
+def augment_draws(n: int, flip: bool, crop_pad: int, gen: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The random part of augment() for `n` images: which to mirror (n, 1), and the (dy, dx) shifts (2, n, 1)."""
+    mirror = (torch.rand(n, generator=gen, device=gen.device) < 0.5).view(n, 1) if flip else None
+    shift = torch.randint(2 * crop_pad + 1, (2, n, 1), generator=gen, device=gen.device) if crop_pad else None
+    return mirror, shift
+
+
+def flip_shift(x: torch.Tensor, mirror: torch.Tensor | None, shift: torch.Tensor | None, crop_pad: int) -> torch.Tensor:
+    """Mirror the images `mirror` marks and translate each by its `shift` within reflect padding of crop_pad pixels."""
     n, c, h, w = x.shape
     cols = torch.arange(w, device=x.device).expand(n, w)
-    if flip:
-        mirror = (torch.rand(n, generator=gen, device=x.device) < 0.5).view(n, 1)
+    if mirror is not None:
         cols = torch.where(mirror, w - 1 - cols, cols)  # a mirrored image reads its columns right to left
-    if crop_pad:
+    if shift is not None:
         x = F.pad(x, (crop_pad,) * 4, mode="reflect")
-        dy, dx = torch.randint(2 * crop_pad + 1, (2, n, 1), generator=gen, device=x.device)
+        dy, dx = shift
         rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
         x = x.gather(2, rows.expand(n, c, h, w + 2 * crop_pad))
-        cols = cols + (torch.where(mirror, 2 * crop_pad - dx, dx) if flip else dx)  # reflect padding is mirror-symmetric
-    if flip or crop_pad:
+        cols = cols + (torch.where(mirror, 2 * crop_pad - dx, dx) if mirror is not None else dx)  # reflect padding is mirror-symmetric
+    if mirror is not None or shift is not None:
         x = x.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))  # flip and horizontal shift in one pass
     return x
+
+
+def augment(x: torch.Tensor, flip: bool, crop_pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and translations by up to crop_pad pixels (reflect padding), per image, of any dtype."""
+    return flip_shift(x, *augment_draws(len(x), flip, crop_pad, gen), crop_pad)
 
 
 def schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
@@ -83,10 +95,44 @@ def schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     return lambda t: (t + 1) / warm if t < warm else max(0.0, (total_steps - t) / max(1, total_steps - warm))
 
 
-def make_optimizer(model: nn.Module, cfg: Mapping, lr_scale: float = 1.0) -> torch.optim.SGD:
+def make_optimizer(params: Iterable[torch.Tensor], cfg: Mapping, lr_scale: float = 1.0) -> torch.optim.SGD:
     """Nesterov SGD with the recipe's peak learning rate (times a method's lr_scale), momentum and weight decay."""
     lr = cfg["lr"] * lr_scale
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"])
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What one model trains on, drawn before its first step: the method's images and labels (SMOTE adds some), their
+    class sizes, the minority mask, the epoch's positions into them, the images per epoch and the run's generator."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    counts: torch.Tensor  # the training set's class sizes, which loss-based methods weigh by
+    is_minority: torch.Tensor
+    positions: torch.Tensor
+    n_images: int
+    gen: torch.Generator
+
+
+def training_set(
+    x: torch.Tensor, y: torch.Tensor, method: Method, method_cfg: Mapping, minority_classes: list[int], seed: int, epoch_size: str
+) -> TrainingSet:
+    """The TrainingSet of uint8 images `x` with labels `y` under `method`; the generator, seeded with `seed`, has drawn the positions."""
+    gen = torch.Generator(x.device).manual_seed(seed)
+    if method.synthesize is not None:
+        x, y = method.synthesize(x, y, method_cfg, seed)
+    is_minority = torch.zeros(int(y.max()) + 1, dtype=torch.bool, device=x.device)
+    is_minority[minority_classes] = True
+    positions = method.resample(y, gen)
+    return TrainingSet(x, y, torch.bincount(y), is_minority, positions, epoch_images(y, positions, epoch_size), gen)
+
+
+def planned_steps(n_images: int, cfg: Mapping) -> tuple[int, int]:
+    """(steps per epoch, steps in all) for `n_images` an epoch under the train config (train.max_steps caps the total)."""
+    steps_per_epoch = math.ceil(n_images / cfg["batch_size"])
+    total = steps_per_epoch * cfg["epochs"]
+    return steps_per_epoch, total if cfg["max_steps"] is None else min(total, cfg["max_steps"])
 
 
 def fit(
@@ -106,22 +152,13 @@ def fit(
     """Train `model` in place on uint8 images `x` (on the training device) with labels `y`; returns the run's statistics.
     Without a progress bar, each epoch logs a line that starts with `name` (the run's: parallel jobs share one log)."""
     device = x.device
-    gen = torch.Generator(device).manual_seed(seed)
-    if method.synthesize is not None:
-        x, y = method.synthesize(x, y, method_cfg, seed)
-    counts = torch.bincount(y)  # the training set's class sizes, which loss-based methods weigh by
-    is_minority = torch.zeros(int(y.max()) + 1, dtype=torch.bool, device=device)
-    is_minority[minority_classes] = True
-    positions = method.resample(y, gen)
+    ts = training_set(x, y, method, method_cfg, minority_classes, seed, cfg["epoch_size"])
+    x, y, gen, positions, n_images = ts.x, ts.y, ts.gen, ts.positions, ts.n_images
     forward = torch.compile(model) if cfg["compile"] else model  # the attack keeps the eager model
-    n_images = epoch_images(y, positions, cfg["epoch_size"])
-    steps_per_epoch = math.ceil(n_images / cfg["batch_size"])
-    total = steps_per_epoch * cfg["epochs"]
-    if cfg["max_steps"] is not None:
-        total = min(total, cfg["max_steps"])
-    optimizer = make_optimizer(model, cfg, method_cfg.get("lr_scale", 1.0))  # a per-method setting: conf/method/reweight.yaml
+    steps_per_epoch, total = planned_steps(n_images, cfg)
+    optimizer = make_optimizer(model.parameters(), cfg, method_cfg.get("lr_scale", 1.0))  # a per-method setting: conf/method/reweight.yaml
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
-    stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist()}
+    stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist(), "losses": []}
     epochs = tqdm(range(cfg["epochs"]), desc="epochs", disable=not progress, leave=False)
     start = time.perf_counter()
     for epoch in epochs:
@@ -138,7 +175,7 @@ def fit(
             if method.perturb is not None:
                 clean = xb
                 with autocast(device, cfg["precision"]):
-                    xb, attacked = method.perturb(model, xb, yb, is_minority, method_cfg, gen)
+                    xb, attacked = method.perturb(model, xb, yb, ts.is_minority, method_cfg, gen)
                 adv_images += len(attacked)
                 if stats["examples"] is None and len(attacked):
                     keep = attacked[:EXAMPLES]
@@ -148,7 +185,7 @@ def fit(
                 if method.loss is None:
                     loss = F.cross_entropy(logits, yb)
                 else:
-                    loss = method.loss(logits.float(), yb, counts, method_cfg, stats["train_steps"] / total)
+                    loss = method.loss(logits.float(), yb, ts.counts, method_cfg, stats["train_steps"] / total)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["clip_norm"] is not None:
@@ -158,6 +195,7 @@ def fit(
             losses[stats["train_steps"] - epoch * steps_per_epoch] = loss.detach()
             stats["train_steps"] += 1
         steps = stats["train_steps"] - epoch * steps_per_epoch
+        stats["losses"].append(losses[:steps])
         epoch_stats = {"train_loss": losses.sum().item() / max(1, steps)}  # the epoch's one host sync
         if not math.isfinite(epoch_stats["train_loss"]):
             raise diverged(losses, epoch * steps_per_epoch, cfg["lr"])
@@ -172,6 +210,7 @@ def fit(
             log.info(f"{name}: {line}" if name else line)
         if stats["train_steps"] == total:
             break
+    stats["losses"] = torch.cat(stats["losses"])  # every step's training loss, on the device
     return stats
 
 

@@ -131,7 +131,7 @@ def limit_seconds(cfg: DictConfig, data: ImageData, device: torch.device, plain:
     """Seconds per step on one fixed normalised batch: suite's format and precision, or (plain) fp32 and default format."""
     model = new_model(cfg, data, device)
     net = model[1].to(memory_format=torch.contiguous_format) if plain else model[1]
-    optimizer = make_optimizer(net, cfg.train)
+    optimizer = make_optimizer(net.parameters(), cfg.train)
     x = model[0](data.train_x[: args.batch_size].to(device).float() / 255)
     x = x.contiguous(memory_format=torch.contiguous_format if plain else torch.channels_last)
     y = data.train_y[: args.batch_size].to(device)
@@ -191,7 +191,7 @@ def reference_seconds(
 ) -> float:
     """Seconds per step of the plain pipeline: DataLoader batches, fp32, default memory format; FGSM for aos."""
     net = new_model(cfg, data, device)[1].to(memory_format=torch.contiguous_format)
-    optimizer = make_optimizer(net, cfg.train)
+    optimizer = make_optimizer(net.parameters(), cfg.train)
     batches = itertools.chain.from_iterable(itertools.repeat(reference_loader(dataset, indices, cfg, args.workers)))
     mean, std = (torch.tensor(list(v), device=device).view(1, -1, 1, 1) for v in (cfg.dataset.mean, cfg.dataset.std))
     box = (-mean / std, (1 - mean) / std)  # [0, 1] pixels in normalised units

