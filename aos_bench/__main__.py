@@ -51,8 +51,19 @@ def hydra_reports_errors() -> None:
         os.environ.pop(HYDRA_RAISES, None)
 
 
+def register_launcher() -> None:
+    """Make hydra/launcher=stacked instantiable: Hydra finds plugins by scanning the hydra_plugins namespace, which an
+    editable install (pip install -e) hides from that scan, so the class is registered by hand as well."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.aos_bench_stacked import StackedLauncher
+
+    Plugins.instance().register(StackedLauncher)
+
+
 def cli() -> None:
     """`python -m aos_bench`: main(), with Hydra's own errors on one line and exit code 2 (HYDRA_FULL_ERROR=1: in full)."""
+    register_launcher()
     if os.environ.get(HYDRA_RAISES):  # the user asked for Hydra's full errors
         main()
         return

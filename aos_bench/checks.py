@@ -178,6 +178,21 @@ def validate(cfg: DictConfig) -> None:
             raise UsageError(f"{key}={show(value)}: {rule.allowed}")
 
 
+STACKABLE_ARCHS = ("lenet",)  # free of BatchNorm (convnet, resnet18) and dropout (allcnn): see aos_bench/stack.py
+
+
+def stack_problem(cfg: DictConfig) -> str | None:
+    """Why hydra/launcher=stacked cannot train this job, as `<key>=<value>: <allowed>`; None if it can."""
+    if cfg.model.arch not in STACKABLE_ARCHS:
+        return (
+            f"model.arch={cfg.model.arch}: hydra/launcher=stacked trains BatchNorm- and dropout-free networks only "
+            f"({', '.join(STACKABLE_ARCHS)}: the recipe=paper networks); run this one with the basic or joblib launcher"
+        )
+    if cfg.train.compile:
+        return "train.compile=true: hydra/launcher=stacked runs eager stacked models; allowed with it: false"
+    return None
+
+
 def override_key(override: str) -> str:
     """The config key a command-line override sets: `+row=a,b` -> `row`, `~seed` -> `seed`."""
     return override.split("=", 1)[0].lstrip("+~")

@@ -32,7 +32,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aos_bench.checks import hydra_error_line, override_key, validate
+from aos_bench.checks import hydra_error_line, override_key, stack_problem, validate
 from aos_bench.errors import UsageError, reject
 from aos_bench.progress import watch
 
@@ -119,10 +119,15 @@ def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, job
     client.set_terminated(run_id, "FAILED")
 
 
+def is_stacked(launcher: DictConfig) -> bool:
+    """Whether this Hydra launcher is hydra/launcher=stacked."""
+    return str(launcher.get("_target_", "")).endswith(".StackedLauncher")
+
+
 def jobs_in_process(launcher: DictConfig) -> bool:
-    """Whether this Hydra launcher runs the jobs in the launching process (Hydra's basic one), sharing its signals,
-    rather than in worker processes (joblib) or cluster jobs (submitit)."""
-    return str(launcher.get("_target_", "")).endswith(".BasicLauncher")
+    """Whether this Hydra launcher runs the jobs in the launching process (Hydra's basic one, aos_bench's stacked one),
+    sharing its signals, rather than in worker processes (joblib) or cluster jobs (submitit)."""
+    return str(launcher.get("_target_", "")).endswith(".BasicLauncher") or is_stacked(launcher)
 
 
 def stop_on_signals(stopped: list[str]) -> None:
@@ -147,11 +152,13 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
 
 def check_values(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     """Every job's overrides and config, once each value has passed its check (in a second, before torch is imported)."""
-    jobs = []
+    jobs, stacked = [], is_stacked(config.hydra.launcher)
     for overrides in job_overrides(config):
         try:
             jobs.append((overrides, compose(config.hydra.job.config_name, overrides=overrides)))
             validate(jobs[-1][1])
+            if stacked and (problem := stack_problem(jobs[-1][1])):
+                raise UsageError(problem)
         except HydraException as error:  # Hydra would only warn of an error in a callback, then run the sweep
             reject(f"{hydra_error_line(error, overrides)} (job: {' '.join(overrides)}; no job of this sweep has run)")
         except UsageError as error:

@@ -1,0 +1,135 @@
+"""hydra/launcher=stacked trains each job of a stack as its separate job would, up to float order, and keeps jobs jobs."""
+
+import subprocess
+import sys
+
+import mlflow
+import torch
+from conftest import ROOT, make_config
+
+from aos_bench import stack, train
+from aos_bench.data import load_data
+from aos_bench.imbalance import make_subset
+from aos_bench.methods import Method, get_method, keep_all
+from aos_bench.models import build_model
+
+COMMON = (
+    "dataset=synthetic", "train.max_steps=40", "train.batch_size=64", "train.device=cpu", "train.clip_norm=1",
+    "dataset.augment.flip=true", "dataset.augment.crop_pad=2",
+)
+# Methods, seeds and AOS settings that differ within one stack; mu moves the subset and the minority classes.
+JOBS = [
+    ("base", 0, ()), ("ros", 1, ()), ("aos", 0, ()), ("focal", 2, ("imbalance.mu=0.6",)),
+    ("aos", 3, ("method.eps=0.05", "method.p=0.5", "imbalance.mu=0.6")), ("aos", 4, ("method.targeted=true", "method.steps=2")),
+]
+STEP_TOLERANCE = 1e-5  # relative, per step over the first 10: measured 2e-7 on this machine (float order only)
+
+
+def job_inputs(name: str, seed: int, extra: tuple, threads: int = 1) -> tuple:
+    """A job's config, model (initialised from its seed), training images, labels and minority classes."""
+    torch.set_num_threads(threads)
+    cfg = make_config(*COMMON, f"method={name}", f"seed={seed}", *extra)
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+    return cfg, model.to(memory_format=torch.channels_last), data.train_x[subset.indices], data.train_y[subset.indices], subset.minority_classes
+
+
+def stacked(jobs: list[tuple], methods: list[Method]) -> tuple[list[dict], list]:
+    """fit_stack() over `jobs` (job_inputs tuples) with `methods`; each model's statistics, and the models."""
+    sets = [train.training_set(x, y, m, cfg.method, minority, cfg.seed, cfg.train.epoch_size) for (cfg, _, x, y, minority), m in zip(jobs, methods)]
+    models = [job[1] for job in jobs]
+    return stack.fit_stack(models, sets, methods, jobs[0][0].train, [job[0].method for job in jobs], jobs[0][0].dataset.augment), models
+
+
+def test_a_stack_trains_each_model_as_its_separate_job_up_to_float_order():
+    separate, inputs = [], []
+    for name, seed, extra in JOBS:
+        cfg, model, x, y, minority = job_inputs(name, seed, extra)
+        separate.append(train.fit(model, x, y, get_method(name), cfg.train, cfg.method, cfg.dataset.augment, minority, seed))
+        inputs.append(job_inputs(name, seed, extra))
+    together, _ = stacked(inputs, [get_method(name) for name, _, _ in JOBS])
+    for (name, seed, _), alone, joint in zip(JOBS, separate, together):
+        assert joint["train_steps"] == alone["train_steps"] == 40
+        assert joint["class_counts"] == alone["class_counts"]  # the same resampled set
+        first = alone["losses"][:10]
+        assert ((joint["losses"][:10] - first).abs() / first.abs()).max() < STEP_TOLERANCE, (name, seed)
+        assert [e.keys() for e in joint["epochs"]] == [{"train_loss", "clipped_steps"} | ({"adv_images"} if name == "aos" else set())] * len(joint["epochs"])
+        if name == "aos":  # the same attacked images: the same draws picked them, FGSM made the same pixels of them
+            assert joint["epochs"][0]["adv_images"] > 0
+            assert torch.equal(joint["examples"][2], alone["examples"][2])
+            assert (joint["examples"][1] - alone["examples"][1]).abs().max() < 1e-6
+
+
+def test_each_model_of_a_stack_is_clipped_as_clip_grad_norm_clips_it_alone():
+    grads = [torch.randn(3, 4, 5), torch.randn(3, 7)]
+    grads[0][1] *= 1e-3  # model 1: under the norm, left alone
+    params = [g.clone().requires_grad_(True) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    clipped = stack.clip_each(params, 1.0)
+    for m in range(3):
+        alone = [g[m].clone().requires_grad_(True) for g in grads]
+        for p, g in zip(alone, grads):
+            p.grad = g[m].clone()
+        norm = torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        assert bool(clipped[m]) == bool(norm > 1.0)
+        for p, a in zip(params, alone):
+            assert torch.allclose(p.grad[m], a.grad, rtol=1e-6)
+
+
+def test_a_diverged_model_fails_alone_and_the_others_train_on():
+    def blows_up(logits, y, counts, cfg, done):
+        return torch.nn.functional.cross_entropy(logits, y) * (torch.inf if done > 0.5 else 1)  # from step 22 of 40 (counted from 1)
+
+    jobs = [job_inputs("base", 0, ()), job_inputs("base", 1, ())]
+    together, _ = stacked(jobs, [get_method("base"), Method(keep_all, loss=blows_up)])
+    assert together[0]["error"] is None and torch.isfinite(together[0]["losses"]).all()
+    assert "the training loss is inf at step 22" in together[1]["error"]
+
+
+def sweep(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m aos_bench -m` on synthetic data, 30 steps, into tmp_path's store; its log (Hydra's and the errors)
+    in `stdout`."""
+    command = [sys.executable, "-m", "aos_bench", "-m", "dataset=synthetic", "train.max_steps=30", "train.threads=1",
+               f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"hydra.sweep.dir={tmp_path}/multirun", *overrides]
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, timeout=600)
+
+
+def runs_of(tmp_path) -> list:
+    """The job runs in tmp_path's store (not the sweeps' parent runs)."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, "tags.sweep != ''")
+
+
+def test_stacked_sweep_logs_each_job_as_a_separate_job_would_then_resumes_without_training(tmp_path):
+    grid = ("method=base,reweight,aos",)
+    separate = sweep(tmp_path / "separate", *grid)
+    assert separate.returncode == 0, separate.stdout[-2000:]
+    done = sweep(tmp_path / "stacked", "hydra/launcher=stacked", *grid)
+    assert done.returncode == 0, done.stdout[-2000:]
+    # reweight's lr_scale (0.2) puts it in a stack of its own
+    assert "training a stack of 2: base " in done.stdout and "training a stack of 1: reweight " in done.stdout
+    alone = {r.data.tags["config_hash"]: r for r in runs_of(tmp_path / "separate")}
+    joint = runs_of(tmp_path / "stacked")
+    assert len(joint) == 3 and {r.info.status for r in joint} == {"FINISHED"}
+    for run in joint:
+        twin = alone[run.data.tags["config_hash"]]  # the same job: same config hash, params and artifacts
+        assert run.data.params["env.stacked_models"] == ("1" if run.data.tags["method"] == "reweight" else "2")
+        differ = {k for k in run.data.params.keys() | twin.data.params.keys() if run.data.params.get(k) != twin.data.params.get(k)}
+        assert differ == {"env.stacked_models", "tracking.uri"}  # the two sweeps' stores differ
+        assert run.data.tags["subset_sha256"] == twin.data.tags["subset_sha256"]
+        assert set(run.data.metrics) == set(twin.data.metrics)
+        assert abs(run.data.metrics["test_f1_macro"] - twin.data.metrics["test_f1_macro"]) < 5  # 30 steps: float order only
+    again = sweep(tmp_path / "stacked", "hydra/launcher=stacked", *grid)
+    assert again.returncode == 0 and again.stdout.count("skipped: this sweep already has a FINISHED run") == 3
+    assert "training a stack" not in again.stdout and len(runs_of(tmp_path / "stacked")) == 3
+
+
+def test_a_network_with_batchnorm_is_refused_in_one_line_before_any_run(tmp_path):
+    done = sweep(tmp_path, "hydra/launcher=stacked", "method=base,ros", "model=convnet_tiny")
+    assert done.returncode == 2
+    assert done.stdout.strip().splitlines()[-1].startswith("aos_bench: model.arch=convnet: hydra/launcher=stacked trains")
+    assert not (tmp_path / "mlflow.db").exists() or runs_of(tmp_path) == []
