@@ -28,7 +28,7 @@ def test_the_hash_follows_the_data_seed_and_the_imbalance_not_the_method():
 def runs(subsets: list[str]) -> pd.DataFrame:
     """The report's run table for one row and seed, one method per entry of `subsets`."""
     methods = ["base", "ros", "aos"][: len(subsets)]
-    return pd.DataFrame({"dataset": "mnist", "mu": 0.3, "rho": 500.0, "method": methods, "seed": 0, "threads": "2",
+    return pd.DataFrame({"dataset": "mnist", "mu": 0.3, "rho": 500.0, "method": methods, "seed": 0, "threads": "2", "stacked": 1,
                          "recipe": "paper", "subset": subsets})  # fmt: skip
 
 

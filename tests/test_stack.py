@@ -4,6 +4,9 @@ import subprocess
 import sys
 
 import mlflow
+import numpy as np
+import pandas as pd
+import pytest
 import torch
 from conftest import ROOT, make_config
 
@@ -12,6 +15,7 @@ from aos_bench.data import load_data
 from aos_bench.imbalance import make_subset
 from aos_bench.methods import Method, get_method, keep_all
 from aos_bench.models import build_model
+from aos_bench.report.stats import noise
 
 COMMON = (
     "dataset=synthetic", "train.max_steps=40", "train.batch_size=64", "train.device=cpu", "train.clip_norm=1",
@@ -133,3 +137,20 @@ def test_a_network_with_batchnorm_is_refused_in_one_line_before_any_run(tmp_path
     assert done.returncode == 2
     assert done.stdout.strip().splitlines()[-1].startswith("aos_bench: model.arch=convnet: hydra/launcher=stacked trains")
     assert not (tmp_path / "mlflow.db").exists() or runs_of(tmp_path) == []
+
+
+def test_the_noise_floor_sets_stacked_runs_against_separate_ones():
+    # ROS, seeds 0-2: alone under 1 and 2 threads (F1 f and f + 1), and stacked (f + 0.5 + gap_s)
+    gaps = [0.2, -0.4, 0.6]
+    lines = []
+    for seed, f1 in enumerate([80.0, 82.0, 84.0]):
+        lines += [{"threads": "1", "stacked": 1, "f1": f1}, {"threads": "2", "stacked": 1, "f1": f1 + 1}]
+        lines.append({"threads": "1", "stacked": 8, "f1": f1 + 0.5 + gaps[seed]})
+        for line in lines[-3:]:
+            line.update({"dataset": "mnist", "mu": 0.9, "rho": 500.0, "method": "ros", "seed": seed})
+    spread = noise(pd.DataFrame(lines)).iloc[0]
+    assert spread["stacked_gap"] == pytest.approx(np.sqrt(np.mean(np.square(gaps))))  # stacked - mean of the separate runs
+    assert spread["seeds"] == 3
+    assert noise(pd.DataFrame([line for line in lines if line["threads"] == "1" and line["stacked"] == 1])).empty  # one float order
+    alone = pd.DataFrame([line for line in lines if line["stacked"] == 1])
+    assert "stacked_gap" not in noise(alone)  # no stacked run: the floor of thread counts only, as before

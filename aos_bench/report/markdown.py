@@ -40,9 +40,11 @@ def settings_text(mu: float, rho: float) -> str:
 def environment(runs: pd.DataFrame) -> str:
     """What the runs ran on, from their env.* params: each value once, several when the runs differ."""
     values = {key: ", ".join(sorted(set(map(str, runs[key])))) for key in ("recipe", *ENV)}
+    stacks = sorted(set(runs["stacked"]))
+    stacked = f"; models per stack (hydra/launcher=stacked): {', '.join(map(str, stacks))}" if max(stacks) > 1 else ""
     return (
         f"recipe `{values['recipe']}`; torch {values['torch']} on {values['device']}, {values['threads']} torch "
-        f"thread(s) per job, precision {values['precision']}, deterministic algorithms {values['deterministic']}"
+        f"thread(s) per job, precision {values['precision']}, deterministic algorithms {values['deterministic']}{stacked}"
     )
 
 

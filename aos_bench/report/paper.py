@@ -142,6 +142,10 @@ def noise_section(spread: pd.DataFrame, differences: pd.DataFrame) -> str:
             "between-seed spread (std over seeds)": fmt(".2f", spread["between"]),
         }
     )
+    if "stacked_gap" in spread:  # some runs trained in a stack (hydra/launcher=stacked), some alone
+        floor = floor.rename(columns={"within-seed spread (std over thread counts)": "within-seed spread (std over float orders)"})
+        floor["stacked − separate (RMS over seeds)"] = fmt(".2f", spread["stacked_gap"])
+    stacking = ", and both alone and in a stack of models (hydra/launcher=stacked: a float order too)" if "stacked_gap" in spread else ""
     needed = pd.DataFrame(
         {
             "dataset": differences["dataset"].map(lambda d: NAMES.get(d, d)),
@@ -153,7 +157,7 @@ def noise_section(spread: pd.DataFrame, differences: pd.DataFrame) -> str:
     return f"""
 ## Noise floor: the same seed under another thread count
 
-Each seed ran once per thread count: the same subset, initialisation and batch order, only the order of float
+Each seed ran once per thread count{stacking}: the same subset, initialisation and batch order, only the order of float
 additions differs. Within-seed spread = root mean square over seeds of the std across thread counts; between-seed
 spread = std over seeds at one thread count (averaged over thread counts). `below within-seed spread` above flags a
 mean AOS − ROS smaller than the larger within-seed spread of the two methods in that row.

@@ -12,6 +12,8 @@ UNRECORDED = "unrecorded"  # a param that runs logged before the suite recorded 
 # per dataset, since two states of one recipe carry the same recipe.name
 RECIPE_KEYS = ("model.", "train.epochs", "train.epoch_size", "train.lr", "train.clip_norm", "dataset.augment.", "dataset.image_size")
 ENV = ("torch", "device", "threads", "precision", "deterministic")  # env.* params named in a report, as logged by job.run
+# What changes only the order of float additions of one job: a noise sweep reruns each seed under several of these
+FLOAT_ORDER = ["threads", "stacked"]
 
 
 def find_sweep(experiment_id: str, sweep: str) -> mlflow.entities.Run:
@@ -54,6 +56,8 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "f1": runs[f"metrics.{METRIC}"],
             "f1_minority": runs.reindex(columns=[f"metrics.{MINORITY_METRIC}"])[f"metrics.{MINORITY_METRIC}"],
             "steps": runs["metrics.train_steps"],
+            # models trained in one stack (hydra/launcher=stacked); 1 = alone, as every run before the stacked path
+            "stacked": pd.to_numeric(runs.reindex(columns=["params.env.stacked_models"])["params.env.stacked_models"]).fillna(1).astype(int),
             "artifact_uri": runs["artifact_uri"],
             "sweep": sweep_id,
             "recipe": recorded(runs, "params.recipe.name"),
@@ -105,8 +109,8 @@ def one_recipe(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
 
 
 def one_table(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
-    """`runs` if they make one table: one training subset per row and seed, and one run per row, method, seed and
-    thread count; else ValueError."""
+    """`runs` if they make one table: one training subset per row and seed, and one run per row, method, seed and float
+    order (FLOAT_ORDER); else ValueError."""
     recorded = runs[runs["subset"] != UNRECORDED]
     subsets = recorded.groupby([*ROW, "seed"], dropna=False)["subset"].nunique()
     if (subsets > 1).any():
@@ -115,7 +119,7 @@ def one_table(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
             f"sweep {sweeps}: the methods of {row} trained on different images (subset_sha256 differs), so their "
             "comparison is not paired; give every method of a seed the same data_seed"
         )
-    repeated = runs.duplicated(ROW + ["method", "seed", "threads"])
+    repeated = runs.duplicated(ROW + ["method", "seed", *FLOAT_ORDER])
     if repeated.any():
         raise ValueError(
             f"sweep {sweeps} has several runs for one dataset, mu, rho, method, seed and thread count "

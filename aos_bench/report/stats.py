@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from aos_bench.report.runs import ROW
+from aos_bench.report.runs import FLOAT_ORDER, ROW
 
 EXACT_UP_TO = 16  # seeds: the sign-flip test enumerates all 2^n sign patterns up to here, else draws 2^16 of them
 DIFFERENCES = (2, 5, 10)  # F1 points: differences whose required number of seeds the noise report gives
@@ -29,28 +29,34 @@ def seeds_needed(sd: float, difference: float) -> int:
 
 
 def noise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per row and method, for sweeps that ran each seed under several thread counts: within- and between-seed spread.
+    """Per row and method, for sweeps that ran each seed under several float orders (thread counts, stacked or alone):
+    within- and between-seed spread, and, where some runs were stacked, the gap between stacked and separate runs.
 
-    within = root mean square over seeds of the std across thread counts (same seed and subset, another float order);
-    between = std over seeds at one thread count, averaged over the thread counts.
+    within = root mean square over seeds of the std across float orders (same seed and subset, another float order);
+    between = std over seeds at one float order, averaged over the float orders;
+    stacked_gap = root mean square over seeds of (stacked F1 - separate F1), each the mean of that seed's runs.
     """
-    if runs["threads"].nunique() < 2:
+    if len(runs[FLOAT_ORDER].drop_duplicates()) < 2:
         return pd.DataFrame()
     lines = []
     for key, cell in runs.groupby([*ROW, "method"], sort=False):
         within = np.sqrt(cell.groupby("seed")["f1"].var().mean())
-        between = cell.groupby("threads")["f1"].std().mean()
-        lines.append({**dict(zip([*ROW, "method"], key)), "within": within, "between": between, "seeds": cell["seed"].nunique()})
+        between = cell.groupby(FLOAT_ORDER)["f1"].std().mean()
+        line = {**dict(zip([*ROW, "method"], key)), "within": within, "between": between, "seeds": cell["seed"].nunique()}
+        if cell["stacked"].nunique() > 1:
+            by_kind = cell.groupby(["seed", cell["stacked"] > 1])["f1"].mean().unstack()
+            line["stacked_gap"] = np.sqrt(((by_kind[True] - by_kind[False]) ** 2).mean())
+        lines.append(line)
     return pd.DataFrame(lines)
 
 
 def noise_of_differences(runs: pd.DataFrame, other: str = "ros") -> pd.DataFrame:
-    """Per row: the std over seeds of AOS minus `other`, at one thread count (averaged over them), and the seeds needed."""
+    """Per row: the std over seeds of AOS minus `other`, at one float order (averaged over them), and the seeds needed."""
     lines = []
     for key, cell in runs.groupby(ROW, sort=False):
-        by_seed = cell.pivot_table(index=["threads", "seed"], columns="method", values="f1")
+        by_seed = cell.pivot_table(index=[*FLOAT_ORDER, "seed"], columns="method", values="f1")
         if not {"aos", other} <= set(by_seed.columns):
             continue
-        sd = (by_seed["aos"] - by_seed[other]).groupby(level="threads").std().mean()
+        sd = (by_seed["aos"] - by_seed[other]).groupby(level=FLOAT_ORDER).std().mean()
         lines.append({**dict(zip(ROW, key)), "sd": sd, **{f"seeds_{d}": seeds_needed(sd, d) for d in DIFFERENCES}})
     return pd.DataFrame(lines)
