@@ -95,6 +95,45 @@ def attack_stack(
     return x, mask
 
 
+def stacked_forward(models: Sequence[nn.Module]) -> tuple[Callable[..., torch.Tensor], dict, dict]:
+    """(forward, params, buffers): forward(params, buffers, x) runs model m on x[m] for every m at once; params and
+    buffers are the models' own, stacked along a new dim 0 (the parameters as new leaves, to optimise)."""
+    params, buffers = stack_module_state(list(models))
+    skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(skeleton, (p, b), (x,))
+
+    return torch.vmap(one), params, buffers
+
+
+def stack_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, sets: Sequence[TrainingSet], augment_cfg: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's batches, (models, batch, ...) floats and (models, batch) labels: one gather of rows `idx` of every
+    model's images, augmented as bytes with each model's own draws."""
+    flip, crop_pad = augment_cfg["flip"], augment_cfg["crop_pad"]
+    draws = [augment_draws(idx.shape[1], flip, crop_pad, s.gen) for s in sets]
+    mirror = torch.cat([d[0] for d in draws]) if flip else None
+    shift = torch.cat([d[1] for d in draws], dim=1) if crop_pad else None
+    x = to_input(flip_shift(x_all[idx.flatten()], mirror, shift, crop_pad))
+    return x.view(*idx.shape, *x.shape[1:]), y_all[idx]
+
+
+def record_epoch(stats: list[dict], losses: torch.Tensor, clipped: torch.Tensor, adv: torch.Tensor, attackers: list[int], steps: int, first_step: int, cfg: Mapping) -> float:
+    """Each model's epoch into its statistics (losses, logged values; the first divergence as its error) with the
+    epoch's host syncs; returns the mean loss over the models."""
+    means = (losses.sum(0) / max(1, steps)).tolist()
+    counts, adv_counts = clipped.tolist(), dict(zip(attackers, adv.tolist()))
+    for m, s in enumerate(stats):
+        s["train_steps"] = first_step + steps
+        s["losses"].append(losses[:steps, m])
+        if s["error"] is None and not math.isfinite(means[m]):
+            s["error"] = str(diverged(losses[:, m], first_step, cfg["lr"]))
+        if s["error"] is None:  # fit() stops at its divergence: the run logs no epoch after it
+            values = {"train_loss": means[m]} | ({"clipped_steps": counts[m]} if cfg["clip_norm"] is not None else {})
+            s["epochs"].append(values | ({"adv_images": adv_counts[m]} if m in adv_counts else {}))
+    return sum(means) / len(means)
+
+
 def fit_stack(
     models: Sequence[nn.Module], sets: Sequence[TrainingSet], methods: Sequence[Method], cfg: Mapping,
     method_cfgs: Sequence[Mapping], augment_cfg: Mapping, name: str = "",
@@ -106,13 +145,7 @@ def fit_stack(
     steps_per_epoch, total = planned_steps(sets[0].n_images, cfg)
     if any(planned_steps(s.n_images, cfg) != (steps_per_epoch, total) for s in sets):
         raise ValueError("fit_stack: every model of a stack must train for the same number of steps")
-    params, buffers = stack_module_state(list(models))
-    skeleton = copy.deepcopy(models[0]).to("meta")
-
-    def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(skeleton, (p, b), (x,))
-
-    forward = torch.vmap(one)
+    forward, params, buffers = stacked_forward(models)
     optimizer = make_optimizer(params.values(), cfg, method_cfgs[0].get("lr_scale", 1.0))  # one lr_scale per stack
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
     offsets = [0, *torch.tensor([len(s.x) for s in sets]).cumsum(0).tolist()[:-1]]  # each model's images in one tensor
@@ -121,26 +154,20 @@ def fit_stack(
     attackers = [m for m, method in enumerate(methods) if method.perturb is not None]
     stats = [{"train_steps": 0, "examples": None, "class_counts": torch.bincount(s.y[s.positions]).tolist(), "losses": [],
               "epochs": [], "error": None} for s in sets]
-    flip, crop_pad = augment_cfg["flip"], augment_cfg["crop_pad"]
     step, start = 0, time.perf_counter()
     for epoch in range(cfg["epochs"]):
         for m, method in enumerate(methods):
             if method_cfgs[m].get("redraw") and epoch:
                 positions[m] = method.resample(sets[m].y, sets[m].gen)
         batches = [epoch_batches(positions[m] + offsets[m], sets[m].n_images, cfg["batch_size"], sets[m].gen) for m in range(n)]
-        losses = torch.zeros(steps_per_epoch, n, device=device)
+        losses = torch.zeros(steps_per_epoch, n, device=device)  # on the device: read once an epoch, no sync per step
         clipped = torch.zeros(n, dtype=torch.int64, device=device)
         adv_images = torch.zeros(len(attackers), dtype=torch.int64, device=device)
         held = None  # the epoch's first attacked batch, for attackers still without examples
         for idx in zip(*batches):
             if step == total:
                 break
-            idx = torch.stack(idx)  # (models, batch)
-            draws = [augment_draws(idx.shape[1], flip, crop_pad, s.gen) for s in sets]
-            mirror = torch.cat([d[0] for d in draws]) if flip else None
-            shift = torch.cat([d[1] for d in draws], dim=1) if crop_pad else None
-            xb = to_input(flip_shift(x_all[idx.flatten()], mirror, shift, crop_pad))  # augmented as bytes
-            xb, yb = xb.view(*idx.shape, *xb.shape[1:]), y_all[idx]
+            xb, yb = stack_batch(x_all, y_all, torch.stack(idx), sets, augment_cfg)
             if attackers:
                 clean = xb
                 with autocast(device, cfg["precision"]):
@@ -149,8 +176,7 @@ def fit_stack(
                 if held is None and any(stats[m]["examples"] is None for m in attackers):
                     held = (clean[attackers], xb[attackers].detach(), yb[attackers], attacked)
             with autocast(device, cfg["precision"]):
-                logits = forward(params, buffers, xb)
-                loss = stack_losses(logits, yb, methods, sets, method_cfgs, step / total)
+                loss = stack_losses(forward(params, buffers, xb), yb, methods, sets, method_cfgs, step / total)
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # each model's gradient is its own loss's: the models share no parameter
             if cfg["clip_norm"] is not None:
@@ -159,23 +185,10 @@ def fit_stack(
             scheduler.step()
             losses[step - epoch * steps_per_epoch] = loss.detach()
             step += 1
-        steps = step - epoch * steps_per_epoch
-        sums = (losses.sum(0) / max(1, steps)).tolist()  # the epoch's host syncs: these, the counts and the examples
-        counts, adv = clipped.tolist(), adv_images.tolist()
-        for m, s in enumerate(stats):
-            s["train_steps"] = step
-            s["losses"].append(losses[:steps, m])
-            if s["error"] is None and not math.isfinite(sums[m]):
-                s["error"] = str(diverged(losses[:, m], epoch * steps_per_epoch, cfg["lr"]))
-            if s["error"] is None:  # fit() stops at its divergence: the run logs no epoch after it
-                s["epochs"].append({"train_loss": sums[m]} | ({"clipped_steps": counts[m]} if cfg["clip_norm"] is not None else {}))
-        for i, m in enumerate(attackers):
-            if stats[m]["error"] is None:
-                stats[m]["epochs"][-1]["adv_images"] = adv[i]
+        mean = record_epoch(stats, losses, clipped, adv_images, attackers, step - epoch * steps_per_epoch, epoch * steps_per_epoch, cfg)
         if held is not None:
             keep_examples(stats, attackers, *held)
-        line = epoch_line(epoch, cfg["epochs"], sum(sums) / n, step, total, time.perf_counter() - start)
-        log.info(f"{name}: {line} (mean over {n} models)")
+        log.info(f"{name}: {epoch_line(epoch, cfg['epochs'], mean, step, total, time.perf_counter() - start)} (mean over {n} models)")
         if step == total:
             break
     for s in stats:

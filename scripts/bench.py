@@ -410,11 +410,11 @@ def fmt(values: dict[str, float]) -> str:
     return ", ".join(f"{key} {value:.2f}" for key, value in values.items())
 
 
-def write_section(path: Path, key: str, text: str) -> None:
-    """Replace the section called `key` in the results file (between its markers), or append it; other text stays."""
-    begin, end = f"<!-- bench.py {key} begin -->", f"<!-- bench.py {key} end -->"
+def write_section(path: Path, key: str, text: str, script: str = "bench.py") -> None:
+    """Replace the section called `key` of `script` in the results file (between its markers), or append it; other text stays."""
+    begin, end = f"<!-- {script} {key} begin -->", f"<!-- {script} {key} end -->"
     block = f"{begin}\n{text}{end}\n"
-    old = path.read_text() if path.exists() else f"# Training throughput\n\nSections written by `scripts/bench.py --write`.\n\n"
+    old = path.read_text() if path.exists() else f"# Training throughput\n\nSections written by `scripts/{script} --write`.\n\n"
     if begin in old and end in old:
         new = old[: old.index(begin)] + block + old[old.index(end) + len(end) + 1 :]
     else:
