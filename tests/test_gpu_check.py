@@ -10,28 +10,42 @@ import pytest
 from conftest import DATA, ROOT, needs
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+GRIDS = {"table2": 2, "methods": 2, "aos_sensitivity": 1}  # the dry run's jobs of each of step 5's grids
 
 
-def gpu_check(tmp_path: Path, *args: str, data: Path = DATA) -> subprocess.CompletedProcess:
-    """`scripts/gpu_check.sh ARGS` with this interpreter and source tree, MNIST from `data`."""
+def gpu_check(tmp_path: Path, *args: str, data: Path = DATA, tracking: str | None = None) -> subprocess.CompletedProcess:
+    """`scripts/gpu_check.sh ARGS` with this interpreter and source tree, MNIST from `data`, and $MLFLOW_TRACKING_URI
+    set to `tracking` (as on a site with a tracking server), or unset."""
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "AOS_DATA_DIR": str(data), "HOME": str(tmp_path)}
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking:
+        env["MLFLOW_TRACKING_URI"] = tracking
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 @needs("MNIST")
-def test_dry_run_passes_every_step_and_brings_back_at_most_8_files(tmp_path):
+@pytest.mark.parametrize("inherited", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["MLFLOW_TRACKING_URI", "no_env_store"])
+def test_dry_run_passes_every_step_into_its_own_store_and_brings_back_4_files(tmp_path, inherited):
     results = {path.name: path.read_bytes() for path in (ROOT / "results").iterdir()}
-    result = gpu_check(tmp_path, "--dry-run", str(tmp_path / "out"))
+    user_store = tmp_path / "server" / "mlflow.db"  # the inherited store: the check must never write there
+    result = gpu_check(tmp_path, "--dry-run", str(tmp_path / "out"), tracking=f"sqlite:///{user_store}" if inherited else None)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    files = {path.name for path in (tmp_path / "out").iterdir()}
-    assert files == {"gpu_check.log", "bench_dry_run.md", "table2.md", "table2.csv", "table2.png", "mlruns.tar.gz"}
+    assert not user_store.exists(), "the check wrote into $MLFLOW_TRACKING_URI's store"
+    assert {path.name for path in (tmp_path / "out").iterdir()} == {"gpu_check.log", "bench_dry_run.md", "reports.tar.gz", "mlruns.tar.gz"}
     assert "all steps passed" in log and "Would install aos_bench" in log and "imports: ok" in log
     assert "needs a CUDA device" in log  # pytest -m gpu ran: its tests skip on the CPU, saying why
     bench = (tmp_path / "out" / "bench_dry_run.md").read_text()
-    assert "| suite/aos |" in bench and "| reference/aos |" in bench
-    assert "- wall time" in bench and "for 1 jobs (1 FINISHED)" in bench
-    assert "| MNIST | 0.3 | 500 | 0.1 | AOS | " in (tmp_path / "out" / "table2.md").read_text()
+    assert "| suite/aos |" in bench and "| reference/aos |" in bench  # scripts/bench.py
+    assert "| mnist (real pixels) | aos | 2 |" in bench and "- projection, table2 on mnist: 30 jobs" in bench  # bench_stack.py
+    for preset, jobs in GRIDS.items():  # every grid ran through the stacked launcher, each job FINISHED
+        row = next(line for line in bench.splitlines() if line.startswith(f"| {preset} | `python -m aos_bench -m experiment={preset}"))
+        assert "hydra/launcher=stacked" in row and row.split(" | ")[2:5] == [str(jobs), str(jobs), "0"], row
+    assert f"for {sum(GRIDS.values())} jobs, {sum(GRIDS.values())} FINISHED" in bench
+    with tarfile.open(tmp_path / "out" / "reports.tar.gz") as archive:
+        reports = {Path(name).name: archive.extractfile(name) for name in archive.getnames() if name != "."}
+        assert set(reports) == {f"{p}{suffix}" for p in GRIDS for suffix in (".md", ".csv", ".png", "_runs.csv")}
+        assert "| MNIST | 0.3 | 500 | 0.1 | AOS | " in reports["table2.md"].read().decode()
     with tarfile.open(tmp_path / "out" / "mlruns.tar.gz") as archive:
         names = archive.getnames()
     assert "mlruns/mlflow.db" in names and any(name.endswith("adversarial_examples.png") for name in names)
@@ -42,7 +56,7 @@ def test_dry_run_passes_every_step_and_brings_back_at_most_8_files(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--jobs", "0"], "aos_bench: --jobs=0: allowed: a whole number >= 1"),
+        (["--max-models", "0"], "aos_bench: --max-models=0: allowed: a whole number >= 1"),
         (["--wheels", "nowhere"], "aos_bench: --wheels=nowhere: allowed: a folder of .whl files"),
     ],
 )
