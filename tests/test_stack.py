@@ -127,6 +127,8 @@ def test_stacked_sweep_logs_each_job_as_a_separate_job_would_then_resumes_withou
         assert run.data.tags["subset_sha256"] == twin.data.tags["subset_sha256"]
         assert set(run.data.metrics) == set(twin.data.metrics)
         assert abs(run.data.metrics["test_f1_macro"] - twin.data.metrics["test_f1_macro"]) < 5  # 30 steps: float order only
+    report = pd.read_csv(tmp_path / "stacked" / "multirun" / "sweep_runs.csv")  # the sweep's report names the stacking
+    assert sorted(report["stacked"]) == [1, 2, 2]
     again = sweep(tmp_path / "stacked", "hydra/launcher=stacked", *grid)
     assert again.returncode == 0 and again.stdout.count("skipped: this sweep already has a FINISHED run") == 3
     assert "training a stack" not in again.stdout and len(runs_of(tmp_path / "stacked")) == 3

@@ -12,7 +12,7 @@ import pandas as pd
 from aos_bench.paths import PAPER
 from aos_bench.report.figures import figure, per_class, per_class_row
 from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, row_label
-from aos_bench.report.runs import ENV, METHODS, ROW, one_table, per_seed
+from aos_bench.report.runs import METHODS, ROW, env_columns, one_table, per_seed
 from aos_bench.report.stats import DIFFERENCES, noise, noise_of_differences, sign_flip_p
 
 
@@ -253,7 +253,7 @@ def write_paper(
     paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png", out / f"{name}_runs.csv"]
     paths[0].write_text(markdown(name, parents, table, pairs, runs, extra))
     table.merge(pairs, on=ROW).to_csv(paths[1], index=False, float_format="%.6g")
-    run_columns = [*ROW, "eps", "method", "seed", "f1", "steps", "recipe", *ENV]
+    run_columns = [*ROW, "eps", "method", "seed", "f1", "steps", "recipe", *env_columns(runs)]
     runs.sort_values([*ROW, "method", "seed"])[run_columns].to_csv(paths[3], index=False, float_format="%.6g")
     chosen = per_class_row(table, row)
     classes, minority, seed = per_class(runs, chosen)

@@ -68,6 +68,11 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
     )
 
 
+def env_columns(runs: pd.DataFrame) -> list[str]:
+    """The environment columns of a _runs.csv: ENV, and `stacked` when some run trained in a stack."""
+    return [*ENV, *(["stacked"] if runs["stacked"].max() > 1 else [])]
+
+
 def is_recipe_key(key: str) -> bool:
     """Whether a dotted config key is one the recipe sets (RECIPE_KEYS: a key itself, or below a prefix ending in '.')."""
     return any(key == name or (name.endswith(".") and key.startswith(name)) for name in RECIPE_KEYS)

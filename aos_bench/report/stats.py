@@ -36,7 +36,7 @@ def noise(runs: pd.DataFrame) -> pd.DataFrame:
     between = std over seeds at one float order, averaged over the float orders;
     stacked_gap = root mean square over seeds of (stacked F1 - separate F1), each the mean of that seed's runs.
     """
-    if len(runs[FLOAT_ORDER].drop_duplicates()) < 2:
+    if not runs.duplicated([*ROW, "method", "seed"]).any():  # no seed ran under a second float order
         return pd.DataFrame()
     lines = []
     for key, cell in runs.groupby([*ROW, "method"], sort=False):

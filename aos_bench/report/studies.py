@@ -14,7 +14,7 @@ import pandas as pd
 
 from aos_bench.paths import PAPER
 from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text
-from aos_bench.report.runs import ENV
+from aos_bench.report.runs import env_columns
 from aos_bench.report.stats import sign_flip_p
 
 STUDY_ROW = ["dataset", "imbalance", "mu", "rho"]  # a row of the methods table: the exp row has no mu
@@ -216,7 +216,7 @@ def write_files(
     table.to_csv(paths[1], index=False, float_format="%.6g")
     figure.savefig(paths[2], dpi=120)
     plt.close(figure)
-    runs.sort_values(list(columns[: list(columns).index("seed") + 1]))[[*columns, "recipe", *ENV]].to_csv(paths[3], index=False, float_format="%.6g")
+    runs.sort_values(list(columns[: list(columns).index("seed") + 1]))[[*columns, "recipe", *env_columns(runs)]].to_csv(paths[3], index=False, float_format="%.6g")
     return paths
 
 
