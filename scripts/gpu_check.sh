@@ -18,6 +18,7 @@ STACK_BENCH_LIMIT=120  # seconds for scripts/bench_stack.py in step 4
 GRID_LIMIT=200         # seconds for step 5's grids together, each getting what those before it left (goal: 180);
                        # 75 + 120 + 120 + 200 = 515 s: with versions, install and copies the check ends within 9.5 minutes
 GRID_GOAL=180          # seconds of wall time for all 230 jobs of step 5's grids
+DRY_RUN_SLOWER=3       # --dry-run: each limit above times this (the CPU, often busy with other work, not the GPU node)
 GRIDS=(  # step 5, one grid a line: preset|its jobs|overrides|--dry-run's jobs|--dry-run's added overrides (train=smoke)
   "table2|30|experiment=table2 dataset=mnist|2|train=smoke seed=0 imbalance.mu=0.3 method=ros,aos"
   "methods|100|experiment=methods +row=mnist_step_mu0.3,mnist_step_mu0.9|2|train=smoke seed=0 method=aos"
@@ -69,6 +70,7 @@ fi
   || fail "PYTHON=$py: allowed: a Python that imports torch and torchvision"
 if ((dry_run)); then
   device=cpu
+  ((PYTEST_LIMIT *= DRY_RUN_SLOWER, BENCH_LIMIT *= DRY_RUN_SLOWER, STACK_BENCH_LIMIT *= DRY_RUN_SLOWER, GRID_LIMIT *= DRY_RUN_SLOWER))
 else
   "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' || fail "torch.cuda.is_available()=False: allowed: a node with a CUDA GPU (or --dry-run)"
   device=cuda
