@@ -102,3 +102,27 @@ def test_a_tiny_job_on_cuda_ends_finished_with_its_artifacts(tmp_path):
     assert run["params.train.device"] == "cuda" and run["metrics.train_steps"] == 6 and run["metrics.adv_images"] > 0
     names = {artifact.path for artifact in mlflow.MlflowClient().list_artifacts(run.run_id)}
     assert {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png", "adversarial_examples.png"} <= names
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_a_stack_on_cuda_trains_each_model_as_its_separate_fit(dataset):
+    """fit_stack on the GPU in fp32 (cuDNN may use TF32: a looser tolerance than the CPU's) against fit()."""
+    from aos_bench.stack import fit_stack
+
+    jobs = [("base", 0), ("ros", 1), ("aos", 2), ("focal", 3)]
+    shared = (f"dataset={dataset}", "train.max_steps=8", "train.batch_size=64", "train.precision=fp32")
+    alone, models, sets, methods, cfgs = [], [], [], [], []
+    for name, seed in jobs:
+        attack_all = ["method.p=1"] if name == "aos" else []
+        cfg, data, subset = prepared(*shared, f"method={name}", f"seed={seed}", *attack_all)
+        alone.append(fit_on_cuda(cfg, data, subset, new_model(cfg, data, CUDA)))
+        x, y = data.train_x[subset.indices].to(CUDA), data.train_y[subset.indices].to(CUDA)
+        models.append(new_model(cfg, data, CUDA))
+        methods.append(get_method(name))
+        cfgs.append(cfg.method)
+        sets.append(train.training_set(x, y, methods[-1], cfg.method, subset.minority_classes, seed, cfg.train.epoch_size))
+    together = fit_stack(models, sets, methods, cfg.train, cfgs, cfg.dataset.augment)
+    for (name, _), one, joint in zip(jobs, alone, together):
+        assert joint["train_steps"] == one["train_steps"] == 8 and joint["class_counts"] == one["class_counts"]
+        assert ((joint["losses"][:4] - one["losses"][:4]).abs() / one["losses"][:4].abs()).max() < 1e-2, name
+        assert (joint["examples"] is not None) == (name == "aos")
