@@ -286,6 +286,7 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     assert "resume reruns" in client.get_run(run_of_seed["1"]).data.tags["error"]
 
 
+@pytest.mark.slow  # 21 s; CI's `pytest -m slurm` runs the submitit plugin against a real SLURM controller
 def test_submitit_local_jobs_nest_under_the_parent(tmp_path, env, empty_store):
     copy_store(empty_store, tmp_path / "mlruns")
     result = sweep_cli(tmp_path, env, *TINY, "method=base", "seed=0", "hydra/launcher=submitit_local")
