@@ -24,7 +24,8 @@ def gpu_check(tmp_path: Path, *args: str, data: Path = DATA, tracking: str | Non
 
 
 @needs("MNIST")
-@pytest.mark.parametrize("inherited", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["MLFLOW_TRACKING_URI", "no_env_store"])
+@pytest.mark.slow  # about 2 minutes each; .ci/run runs both after the README's test command
+@pytest.mark.parametrize("inherited", [True, False], ids=["MLFLOW_TRACKING_URI", "no_env_store"])
 def test_dry_run_passes_every_step_into_its_own_store_and_brings_back_4_files(tmp_path, inherited):
     results = {path.name: path.read_bytes() for path in (ROOT / "results").iterdir()}
     user_store = tmp_path / "server" / "mlflow.db"  # the inherited store: the check must never write there
