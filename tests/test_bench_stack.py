@@ -15,7 +15,7 @@ STEPS_PER_JOB = {  # recipe=paper's planned steps of one Table 2 job: epochs x c
 }
 
 
-@pytest.mark.slow  # the default run's gpu_check dry run runs bench_stack.py --quick and checks its table
+@pytest.mark.slow  # the gpu_check dry run (a step of .ci/run) runs bench_stack.py --quick and checks its table
 def test_quick_json_measures_every_method_and_stack_size_against_one_job():
     env = {**os.environ, "AOS_DATA_DIR": str(DATA)}
     command = [sys.executable, str(ROOT / "scripts" / "bench_stack.py"), "--quick", "--json", "--device", "cpu"]
