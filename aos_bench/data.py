@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torchvision
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
 
@@ -67,6 +67,19 @@ def load_data(dataset: DictConfig | Mapping, data_dir: str | Path, cache_dir: st
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     return LOADERS[name](dataset, Path(data_dir).expanduser(), cache)
 
+
+
+def cached_loader() -> Callable[[DictConfig, str, str | None], ImageData]:
+    """load_data that decodes each dataset (its config and folder) once, for the many jobs of a sweep that share it."""
+    loaded: dict[tuple[str, str], ImageData] = {}
+
+    def load(dataset: DictConfig, data_dir: str, cache_dir: str | None) -> ImageData:
+        key = (OmegaConf.to_yaml(dataset), str(data_dir))
+        if key not in loaded:
+            loaded[key] = load_data(dataset, data_dir, cache_dir)
+        return loaded[key]
+
+    return load
 
 def _int_option(dataset: Mapping, key: str, default: int | None = None, minimum: int = 1) -> int:
     """Read dataset.<key> as an int >= minimum; a missing or bad value is a UsageError."""

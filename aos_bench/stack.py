@@ -82,9 +82,9 @@ def attack_stack(
     minority = torch.stack([sets[m].is_minority for m in attackers])
     mask = minority.gather(1, y[attackers]) & draws
     x = x.clone()
-    kinds = sorted({(cfgs[m].get("steps", 1), bool(cfgs[m].get("targeted"))) for m in attackers})
-    for steps, targeted in kinds:  # one fgsm() per attack kind; eps may differ between models
-        rows = [i for i, m in enumerate(attackers) if (cfgs[m].get("steps", 1), bool(cfgs[m].get("targeted"))) == (steps, targeted)]
+    kinds = [(cfgs[m].get("steps", 1), bool(cfgs[m].get("targeted"))) for m in attackers]  # FGSM steps, targeted
+    for steps, targeted in sorted(set(kinds)):  # one fgsm() per attack kind; eps may differ between models
+        rows = [i for i, kind in enumerate(kinds) if kind == (steps, targeted)]
         models = [attackers[i] for i in rows]
         sub_params = {k: v.detach()[models] for k, v in params.items()}
         sub_buffers = {k: v[models] for k, v in buffers.items()}

@@ -15,7 +15,7 @@ no runs, and the resume trains the whole group again.
 import copy
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -53,40 +53,35 @@ def task_config(config: DictConfig) -> DictConfig:
 def run_stacked(configs: Sequence[DictConfig], max_models: int) -> list[float | BaseException]:
     """Each job's test macro-F1, or the error that ended it: the jobs with a FINISHED run in the sweep skipped, the
     others trained in stacks and logged, one run each. `configs` are the jobs' full configs (with `hydra`)."""
+    from aos_bench.data import cached_loader
     from aos_bench.tracking import finished_metrics
 
+    tasks = [task_config(config) for config in configs]
     results: list = [None] * len(configs)
     pending = []
-    for i, config in enumerate(configs):
-        if (done := finished_metrics(task_config(config))) is not None:
+    for i, task in enumerate(tasks):
+        if (done := finished_metrics(task)) is not None:
             log.info("skipped: this sweep already has a FINISHED run of this config (force=true reruns every job)")
             results[i] = done["test_f1_macro"]
         else:
             pending.append(i)
-    for group in groups([group_key(task_config(configs[i])) for i in pending]):
+    load = cached_loader()  # one decoding of each dataset for all groups
+    for group in groups([group_key(tasks[i]) for i in pending]):
         where = [pending[i] for i in group]
-        for i, value in zip(where, train_group([configs[i] for i in where], max_models)):
+        for i, value in zip(where, train_group([configs[i] for i in where], [tasks[i] for i in where], max_models, load)):
             results[i] = value
     return results
 
 
-def train_group(configs: list[DictConfig], max_models: int) -> list[float | BaseException]:
-    """Set up the jobs of one group key, split them by step count into stacks of at most max_models, train each stack
-    and log its jobs' runs; each job's F1 or error."""
-    from aos_bench.data import load_data
+def train_group(configs: list[DictConfig], tasks: list[DictConfig], max_models: int, load: Callable) -> list[float | BaseException]:
+    """Set up the jobs of one group key (full configs and their task configs; datasets from `load`), split them by
+    step count into stacks of at most max_models, train each stack and log its jobs' runs; each job's F1 or error."""
     from aos_bench.job import set_up_job
     from aos_bench.stack import fit_stack
+    from aos_bench.tracking import run_name
     from aos_bench.train import planned_steps, training_set
 
-    loaded: dict = {}
-
-    def load_once(dataset: DictConfig, data_dir: str, cache_dir: str | None):
-        key = (OmegaConf.to_yaml(dataset), str(data_dir))
-        if key not in loaded:
-            loaded[key] = load_data(dataset, data_dir, cache_dir)
-        return loaded[key]
-
-    jobs = [set_up_job(task_config(config), load=load_once) for config in configs]
+    jobs = [set_up_job(task, load=load) for task in tasks]
     sets = [training_set(j.x, j.y, j.method, j.cfg.method, j.subset.minority_classes, j.cfg.seed, j.cfg.train.epoch_size) for j in jobs]
     results: list = [None] * len(jobs)
     for stack in stacks([planned_steps(s.n_images, j.cfg.train) for s, j in zip(sets, jobs)], max_models):
@@ -101,20 +96,13 @@ def train_group(configs: list[DictConfig], max_models: int) -> list[float | Base
     return results
 
 
-def run_name(cfg: DictConfig) -> str:
-    """The job's run name (tracking.run_name, imported where it is used: mlflow loads in seconds)."""
-    from aos_bench.tracking import run_name as name
-
-    return name(cfg)
-
-
 def log_job(job, config: DictConfig, stats: dict, stacked: int) -> float | BaseException:
     """One trained job of a stack logged as its own run, FAILED with the error if its model diverged; its F1 or error."""
     import mlflow
 
     from aos_bench.errors import Diverged
     from aos_bench.job import evaluate, log_environment, report_done
-    from aos_bench.tracking import job_run
+    from aos_bench.tracking import job_run, run_name
 
     HydraConfig.instance().set_config(config)  # the run's description names this job's overrides, as in run_job
     try:

@@ -39,8 +39,6 @@ from aos_bench.progress import watch
 if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
     import mlflow
 
-    from aos_bench.data import ImageData
-
 log = logging.getLogger(__name__)
 # In the launching process, each sweep's progress.watch stop function, by parent run id: not an attribute of the
 # callback, which Hydra's joblib launcher pickles for its workers (a thread cannot be pickled)
@@ -168,17 +166,10 @@ def check_values(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
 
 def check_jobs(jobs: list[tuple[list[str], DictConfig]]) -> None:
     """Run every job's input checks that need the data (files, imbalance) before the first job trains."""
-    from aos_bench.data import load_data
+    from aos_bench.data import cached_loader
     from aos_bench.job import prepare
 
-    loaded: dict[tuple[str, str], ImageData] = {}
-
-    def load_once(dataset: DictConfig, data_dir: str, cache_dir: str | None) -> ImageData:
-        key = (OmegaConf.to_yaml(dataset), str(data_dir))
-        if key not in loaded:
-            loaded[key] = load_data(dataset, data_dir, cache_dir)
-        return loaded[key]
-
+    load_once = cached_loader()
     for overrides, cfg in jobs:
         try:
             prepare(cfg, load=load_once)
