@@ -60,24 +60,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="mnist", help="comma-separated: mnist, cifar10, intel")
     parser.add_argument("--recipe", default=None, help="recipe (conf/recipe/*.yaml): its model and augmentation; default: the suite's")
     parser.add_argument("--model", default=None, help="model config (conf/model/*.yaml); default: the recipe's")
-    parser.add_argument("--methods", default="base,ros,aos", help="comma-separated suite methods")
+    shared_options(parser, steps=100, warmup=20)
     parser.add_argument("--batch-size", type=int, default=128, help="images per step")
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per pipeline")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps before them")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--precision", default="auto", help="the suite's train.precision: auto | fp32 | bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; default: torch's (one per core)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes of the reference")
     parser.add_argument("--repeats", type=int, default=1, help="rounds over all pipelines; figures are their medians")
     parser.add_argument("--compile", action="store_true", help="also time the suite with train.compile=true")
     parser.add_argument("--quick", action="store_true", help="20 timed steps after 5 warm-up steps")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--write", action="store_true", help="write the dataset's section of results/bench_<device>.md")
-    parser.add_argument("--data-dir", default=os.environ.get("AOS_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 20, 5
     return args
+
+
+def shared_options(parser: argparse.ArgumentParser, steps: int, warmup: int) -> None:
+    """The options bench.py and bench_stack.py share: methods, timed and warm-up steps, device, precision, JSON, data."""
+    parser.add_argument("--methods", default="base,ros,aos", help="comma-separated suite methods")
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps before them")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", default="auto", help="the suite's train.precision: auto | fp32 | bf16")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--data-dir", default=os.environ.get("AOS_DATA_DIR", str(ROOT.parent / "shared" / "data")))
 
 
 def config(args: argparse.Namespace, dataset: str, method: str = "aos") -> DictConfig:

@@ -38,7 +38,7 @@ from aos_bench.runtime import pick_device
 from aos_bench.stack import fit_stack
 from aos_bench.sweep import job_overrides
 from aos_bench.train import TrainingSet, epoch_images, planned_steps, training_set
-from bench import ROOT, machine, new_model, suite_seconds, sync, write_section  # scripts/bench.py, beside this file
+from bench import ROOT, machine, new_model, shared_options, suite_seconds, sync, write_section  # scripts/bench.py, beside this file
 
 RANDOM_PIXELS = {  # datasets stood in for by random uint8 pixels: (channels, training images per class)
     "cifar10": (3, [5000] * 10),  # CIFAR-10's training split
@@ -54,16 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist,cifar10,intel", help="comma-separated: mnist, cifar10, intel")
-    parser.add_argument("--methods", default="base,ros,aos", help="comma-separated suite methods")
+    shared_options(parser, steps=50, warmup=5)
     parser.add_argument("--models", default="1,8,32,64", help="comma-separated stack sizes M")
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per measurement (train.max_steps)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--precision", default="auto", help="train.precision: auto | fp32 | bf16")
     parser.add_argument("--quick", action="store_true", help="M = 1, 2; 3 timed steps after 1; MNIST, else CIFAR-10's random pixels")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--write", action="store_true", help="write its section of results/bench_<device>.md")
-    parser.add_argument("--data-dir", default=os.environ.get("AOS_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     args = parser.parse_args(argv)
     if args.quick:
         args.dataset, args.models, args.steps, args.warmup = "mnist", "1,2", 3, 1
