@@ -159,7 +159,7 @@ def test_the_noise_floor_sets_stacked_runs_against_separate_ones():
     assert "stacked_gap" not in noise(alone)  # no stacked run: the floor of thread counts only, as before
 
 
-def test_stacked_twins_pairs_each_stacked_run_with_the_separate_run_of_the_same_job(tmp_path):
+def test_twins_pairs_each_run_with_the_run_of_the_same_job_in_the_other_sweep(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment("aos_bench")
@@ -168,11 +168,13 @@ def test_stacked_twins_pairs_each_stacked_run_with_the_separate_run_of_the_same_
         for seed in (0, 1):
             run = client.create_run(experiment, tags={"mlflow.parentRunId": parents[kind]}, run_name=f"ros seed={seed}")
             params = {"method.name": "ros", "seed": seed, "preset": preset, "env.threads": 1 if kind == "alone" else 2}
+            if kind == "stacked":
+                params["env.stacked_models"] = 2
             for key, value in params.items():
                 client.log_param(run.info.run_id, key, value)
             client.log_metric(run.info.run_id, "test_f1_macro", 80 + seed + shift * (1 if seed else -1))
             client.set_terminated(run.info.run_id)
-    command = [sys.executable, str(ROOT / "scripts" / "stacked_twins.py"), "--tracking-uri", uri, parents["stacked"], parents["alone"]]
+    command = [sys.executable, str(ROOT / "scripts" / "twins.py"), "--tracking-uri", uri, parents["stacked"], parents["alone"]]
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120).stdout.splitlines()
-    assert out[0] == "ros seed=0: stacked (1 models) 79.70, alone 80.00, -0.30"
-    assert out[-1] == "ros: 2 pairs, RMS of stacked - alone 0.30, RMS of the pair's std 0.21"
+    assert out[0] == "ros seed=0: 79.70 (stacked, 2 models) against 80.00, -0.30"
+    assert out[-1] == "ros: 2 pairs, RMS of first - second 0.30, RMS of the pair's std 0.21, largest |difference| 0.300000"
