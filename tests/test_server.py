@@ -92,6 +92,7 @@ def stored_files(artifacts: Path, run: mlflow.entities.Run) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
 
 
+@pytest.mark.slow  # about 52 s; .ci/run runs it on every submission, outside the README's 10-minute command
 def test_parallel_sweep_against_a_tracking_server_loses_nothing_and_resumes(tmp_path, env, server):
     args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0,1", f"tracking.uri={server}"]
     result = sweep_cli(tmp_path, env, *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=4")
