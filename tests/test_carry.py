@@ -7,8 +7,9 @@ import mlflow
 import pandas as pd
 import pytest
 
+from test_sweep import TINY, copy_store, empty_store, env, stored, sweep_cli  # noqa: F401 (empty_store and env: fixtures)
+
 from aos_bench import carry, report
-from tests.test_sweep import TINY, copy_store, empty_store, env, stored, sweep_cli  # noqa: F401 (fixtures)
 
 
 def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, env, empty_store):  # noqa: F811
