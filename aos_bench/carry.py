@@ -52,9 +52,12 @@ def run_record(client: mlflow.MlflowClient, run: mlflow.entities.Run) -> dict:
 
 
 def export_sweep(uri: str, sweep: str, path: Path) -> int:
-    """Write the sweep's parent run and its FINISHED job runs (oldest first) to path; returns the number of job runs."""
+    """Write the sweep's parent run and its FINISHED job runs (oldest first) to path; returns the number of job runs.
+    LookupError when `sweep` is not a sweep's parent run."""
     client = mlflow.MlflowClient(uri)
     parent = client.get_run(sweep)
+    if "sweep_key" not in parent.data.tags:
+        raise LookupError(f"--sweep={sweep} is a job run, not a sweep's parent run (a parent has the tag sweep_key)")
     experiment = client.get_experiment(parent.info.experiment_id)
     jobs = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{sweep}' and attributes.status = 'FINISHED'",
@@ -127,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             count = export_sweep(args.tracking_uri, args.sweep, args.file)
         except mlflow.exceptions.MlflowException:
             raise SystemExit(f"aos_bench.carry: --sweep={args.sweep}: no such run at {args.tracking_uri}") from None
+        except LookupError as error:
+            raise SystemExit(f"aos_bench.carry: {error}") from None
         print(f"{args.file}: the sweep {args.sweep} and {count} FINISHED job runs")
         return
     if not args.file.is_file():

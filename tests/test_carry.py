@@ -59,7 +59,10 @@ def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, en
 
 def test_carry_names_a_missing_sweep_or_file_in_one_line(tmp_path, empty_store):  # noqa: F811
     uri = copy_store(empty_store, tmp_path / "store")
+    experiment = mlflow.MlflowClient(uri).create_experiment("aos_bench")
+    job = mlflow.MlflowClient(uri).create_run(experiment).info.run_id  # a run with no sweep_key: not a sweep
     for args, says in (
+        (["export", str(tmp_path / "x.jsonl"), "--sweep", job], f"--sweep={job} is a job run, not a sweep's parent run"),
         (["export", str(tmp_path / "x.jsonl"), "--sweep", "0" * 32], f"--sweep={'0' * 32}: no such run"),
         (["import", str(tmp_path / "none.jsonl")], "none.jsonl: no such file"),
         (["export", str(tmp_path / "x.jsonl")], "export needs --sweep"),
