@@ -49,6 +49,7 @@ def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, en
         report.main(["--tracking-uri", store, "--out", str(tmp_path / folder)])
     runs_a, runs_b = (pd.read_csv(tmp_path / f / "smoke_runs.csv") for f in "ab")
     pd.testing.assert_frame_equal(runs_a, runs_b)  # the same table, seed by seed, from either store
+    assert f"(FINISHED, carried from sweep `{sweep}` of another store)" in (tmp_path / "b" / "smoke.md").read_text()
 
     assert (result := sweep_cli(target, env, *args)).returncode == 0, result.stderr  # the same command, in the target
     assert result.stdout.count("skipped: this sweep already has a FINISHED run") == 1

@@ -48,10 +48,16 @@ def environment(runs: pd.DataFrame) -> str:
     )
 
 
+def carried(parent: mlflow.entities.Run) -> str:
+    """', carried from sweep `<id>` of another store' for a sweep imported by aos_bench.carry, else ''."""
+    source = parent.data.tags.get("carried_from")
+    return f", carried from sweep `{source}` of another store" if source else ""
+
+
 def provenance(parents: Sequence[mlflow.entities.Run]) -> str:
     """Markdown lines naming each sweep the table comes from: its parent run id, status and launching command."""
     return "\n".join(
-        f"- sweep `{parent.info.run_id}` ({parent.info.status}), last launched as "
+        f"- sweep `{parent.info.run_id}` ({parent.info.status}{carried(parent)}), last launched as "
         f"`python -m aos_bench -m {parent.data.tags.get('sweep_command')}` into `{parent.data.tags.get('sweep_dir')}`;"
         for parent in parents
     )
