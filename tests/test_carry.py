@@ -1,5 +1,7 @@
 """Carrying a sweep to another store: the runs arrive whole, the report reads them, and the sweep resumes there."""
 
+import json
+import shlex
 import subprocess
 import sys
 
@@ -7,9 +9,11 @@ import mlflow
 import pandas as pd
 import pytest
 
+from conftest import ROOT, make_config
 from test_sweep import TINY, copy_store, empty_store, env, stored, sweep_cli  # noqa: F401 (empty_store and env: fixtures)
 
 from aos_bench import carry, report
+from aos_bench.tracking import config_hash
 
 
 def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, env, empty_store):  # noqa: F811
@@ -76,3 +80,23 @@ def test_carry_names_a_missing_sweep_or_file_in_one_line(tmp_path, empty_store):
 def no_progress_bars(monkeypatch):
     """MLflow's artifact downloads print no progress bars into the tests' output."""
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "results" / "sweeps").glob("*.jsonl")), ids=lambda path: path.name)
+def test_a_committed_sweep_holds_one_finished_run_per_job_and_resumes_under_the_configs_here(path):
+    """A sweep carried in results/sweeps/ resumes only if the configs at HEAD give its jobs the config_hash they ran
+    with: checked on the first run of each method and of each row (a change in conf/ shows in one of them)."""
+    parent, *jobs = (json.loads(line) for line in path.read_text().splitlines())
+    assert jobs and "sweep_key" in parent["tags"]
+    assert {job["status"] for job in jobs} == {"FINISHED"} and {job["tags"]["sweep"] for job in jobs} == {parent["run_id"]}
+    hashes = [job["tags"]["config_hash"] for job in jobs]
+    assert len(set(hashes)) == len(hashes), "one run per job"
+    firsts = {}
+    for job in jobs:
+        for axis in ("method.name", "dataset.name", "imbalance.kind", "imbalance.mu"):
+            firsts.setdefault((axis, job["params"].get(axis)), job)
+    for job in {id(job): job for job in firsts.values()}.values():
+        overrides = shlex.split(job["tags"]["mlflow.note.content"])[3:]  # after `python -m aos_bench`
+        assert config_hash(make_config(*overrides)) == job["tags"]["config_hash"], (
+            f"{job['name']}: conf/ at HEAD gives this job another config_hash, so resuming {path.name} would rerun it"
+        )
