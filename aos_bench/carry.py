@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 
+from aos_bench.sweep import last_parent
 from aos_bench.tracking import ensure_experiment, require_server, tracking_uri
 
 TEXT_ARTIFACTS = (".yaml", ".json", ".csv", ".md", ".txt")  # carried as text; anything else (figures) stays behind
@@ -95,8 +96,7 @@ def import_sweep(uri: str, path: Path) -> tuple[str, int, int]:
     parent, jobs = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
     client = mlflow.MlflowClient(uri)
     experiment_id = ensure_experiment(uri, parent["experiment"])
-    key = parent["tags"]["sweep_key"]
-    same = client.search_runs([experiment_id], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"], max_results=1)
+    same = last_parent(client, experiment_id, parent["tags"]["sweep_key"])
     if same:
         parent_id = same[0].info.run_id
     else:

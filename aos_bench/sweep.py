@@ -65,6 +65,11 @@ def parent_name(config: DictConfig) -> str:
     return " ".join([f"{config.preset} sweep", *narrowing])
 
 
+def last_parent(client: mlflow.MlflowClient, experiment_id: str, key: str) -> list[mlflow.entities.Run]:
+    """The latest parent run of the sweep command with this sweep_key, as a list of one, or empty."""
+    return client.search_runs([experiment_id], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"], max_results=1)
+
+
 def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: str) -> str:
     """The id of this command's last parent run, set RUNNING again (resume); a new one if none, or with force=true."""
     key = sweep_key(config)
@@ -74,9 +79,7 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
         "sweep_dir": str(Path(config.hydra.sweep.dir).resolve()),  # of the latest launch
         "sweep_command": " ".join(config.hydra.overrides.task),
     }
-    last = [] if config.force else client.search_runs(
-        [experiment_id], f"tags.sweep_key = '{key}'", order_by=["attributes.start_time DESC"], max_results=1
-    )
+    last = [] if config.force else last_parent(client, experiment_id, key)
     described = {"mlflow.note.content": f"python -m aos_bench -m {tags['sweep_command']}".rstrip()}  # its description
     if not last:
         return client.create_run(experiment_id, tags=tags | described, run_name=parent_name(config)).info.run_id
