@@ -23,11 +23,17 @@ def gpu_check(tmp_path: Path, *args: str, data: Path = DATA, tracking: str | Non
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
+def results_files() -> dict[str, bytes]:
+    """Every file under results/, sub-folders (results/sweeps/) included, by its path there."""
+    folder = ROOT / "results"
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 @needs("MNIST")
 @pytest.mark.slow  # about 2 minutes each; .ci/run runs both after the README's test command
 @pytest.mark.parametrize("inherited", [True, False], ids=["MLFLOW_TRACKING_URI", "no_env_store"])
 def test_dry_run_passes_every_step_into_its_own_store_and_brings_back_4_files(tmp_path, inherited):
-    results = {path.name: path.read_bytes() for path in (ROOT / "results").iterdir()}
+    results = results_files()
     user_store = tmp_path / "server" / "mlflow.db"  # the inherited store: the check must never write there
     result = gpu_check(tmp_path, "--dry-run", str(tmp_path / "out"), tracking=f"sqlite:///{user_store}" if inherited else None)
     log = result.stdout + result.stderr
@@ -51,7 +57,7 @@ def test_dry_run_passes_every_step_into_its_own_store_and_brings_back_4_files(tm
         names = archive.getnames()
     assert "mlruns/mlflow.db" in names and any(name.endswith("adversarial_examples.png") for name in names)
     assert (tmp_path / "out" / "gpu_check.log").read_text().strip().endswith("all steps passed")
-    assert {path.name: path.read_bytes() for path in (ROOT / "results").iterdir()} == results, "a dry run wrote results/"
+    assert results_files() == results, "a dry run wrote results/"
 
 
 @pytest.mark.parametrize(
