@@ -48,13 +48,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_kind() -> str:
+    """The processor's model name and the vector kernels torch picks on it, e.g. 'AMD EPYC (AVX2)': two hosts of one
+    model name can differ in the kernels, and so in a job's floats."""
+    return f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def describe(device: torch.device, precision: str) -> dict[str, str]:
     """The `env.*` params of a run on `device` with the resolved `precision` (fp32 or bf16)."""
     return {
         "env.torch": torch.__version__,
         "env.torchvision": torchvision.__version__,
         "env.cuda": str(torch.version.cuda) if device.type == "cuda" else "none",
-        "env.device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "env.device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_kind(),
         "env.cpu_count": str(os.cpu_count()),
         "env.threads": str(torch.get_num_threads()),
         "env.precision": precision,
