@@ -13,7 +13,7 @@ from aos_bench.data import load_data
 from aos_bench.imbalance import make_subset
 from aos_bench.methods import Method, adversarial_minority, get_method, random_oversample
 from aos_bench.models import build_model
-from aos_bench.runtime import cpu_kind, cpu_name
+from aos_bench.runtime import cpu_kind
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402  (scripts/ is not a package)
@@ -149,9 +149,9 @@ def test_quick_benchmark_prints_its_ratios_as_json():
 # orders), so each kind has its own. Each is what the code gave before the stacked path (aos_bench.stack) was added;
 # the committed tables' runs depend on them.
 CPU_PINS = {
-    # the tables' host up to Table 2, found by model name alone: its kernels were not recorded, and they are not AVX2's
-    # (an AVX2 EPYC gives the pin below, and so does the code from before 5de16f4 on it)
-    "AMD EPYC": {"base": "4b83ea0151b1170f", "ros": "eeb6b2907f3d2db5", "aos": "3e2e7ec53a4bcbb1", "reweight": "0a9b23fe30548b3c"},
+    # the tables' host: their runs name the model only (logged before 9dfec30), but an AVX-512 EPYC gives these hashes
+    # and, in the methods study, every one of Table 2's 30 MNIST BASE, ROS and AOS F1 values exactly
+    "AMD EPYC (AVX512)": {"base": "4b83ea0151b1170f", "ros": "eeb6b2907f3d2db5", "aos": "3e2e7ec53a4bcbb1", "reweight": "0a9b23fe30548b3c"},
     "AMD EPYC (AVX2)": {"base": "1a6ff12a9bd54486", "ros": "097d6f1ad08f41f6", "aos": "7a7f0c5006c65c1d", "reweight": "826b4951640ad811"},
     # the methods study's first host; the same hashes from 5de16f4^ (before the split that prepared the stacked path) and HEAD
     "Intel(R) Xeon(R) Processor (AVX512)": {"base": "b9344579d369fd04", "ros": "cb1370f7f29815d9", "aos": "f7fc8e69ec38733d", "reweight": "6e6bd26d515dddde"},
@@ -183,7 +183,7 @@ def test_cpu_training_repeats_bit_for_bit_and_is_unchanged_on_a_pinned_processor
     digests = cpu_digests()
     assert cpu_digests() == digests
     kind = cpu_kind()  # as the runs' env.device names it
-    pins = CPU_PINS.get(kind) or CPU_PINS.get(cpu_name())
+    pins = CPU_PINS.get(kind)
     if pins is None:
         pytest.skip(f"no pin for this processor ({kind}): repeatability checked, unchanged-ness not; pin {digests} to add it")
     assert digests == pins, f"the CPU path's numerics changed on {kind}: committed tables' runs no longer reproduce"
