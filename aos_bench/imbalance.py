@@ -9,12 +9,16 @@ Definitions (also in docs/imbalance.md, held by tests/test_imbalance.py):
   a class order; every class smaller than the largest is minority.
 `round` is Python's round (half to even). Images inside a class are drawn without replacement with `data_seed`,
 so one dataset, imbalance and data_seed give the same subset whatever the method and training seed.
+- exp under `imbalance.convention: cao2019`: the long-tailed CIFAR of Cao et al.'s code (imbalance_cifar.py), class 0
+  the largest: sizes int(n_max * (1 / rho)^(i / (N - 1))), truncated (5000 2997 1796 1077 645 387 232 139 83 50 at
+  rho = 100), and each class's first images after numpy's legacy shuffle seeded with data_seed, class by class.
 """
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from aos_bench.data import UsageError
@@ -39,6 +43,8 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
         return Subset(torch.arange(len(labels)), counts, minority)
     n_max = majority_size(counts, cfg.get("n_max"))
     n_min = minority_size(n_max, cfg["rho"])
+    if cfg.get("convention", "suite") == "cao2019":
+        return cao2019_subset(labels, n_max, cfg, data_seed)
     if cfg["kind"] == "step":
         sizes, minority = step_sizes(classes, cfg["mu"], n_min, n_max, cfg.get("minority", "random"), gen)
     elif cfg["kind"] in ("linear", "exp"):
@@ -104,6 +110,25 @@ def linear_profile(n_min: int, n_max: int, n_classes: int) -> list[int]:
 def exp_profile(n_max: int, rho: float, n_classes: int) -> list[int]:
     """Long-tailed class sizes from the smallest to the largest: max(1, round(n_max * rho^(-i / (N - 1)))), i = N-1..0."""
     return [max(1, round(n_max * rho ** (-i / (n_classes - 1)))) for i in reversed(range(n_classes))]
+
+
+def cao2019_subset(labels: torch.Tensor, n_max: int, cfg: Mapping, data_seed: int) -> Subset:
+    """The long-tailed subset as Cao et al.'s IMBALANCECIFAR10 draws it (class 0 largest, truncated sizes, numpy's
+    legacy shuffle seeded with data_seed): their images exactly when `labels` come in torchvision's order."""
+    if cfg["kind"] != "exp" or cfg.get("minority", "random") != "last":
+        raise UsageError(
+            f"imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
+            f"allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind={cfg['kind']} minority={cfg.get('minority')}"
+        )
+    n = int(labels.max()) + 1
+    sizes = [int(n_max * (1 / cfg["rho"]) ** (i / (n - 1))) for i in range(n)]  # int() truncates, as theirs does
+    shuffle = np.random.RandomState(data_seed).shuffle  # = their np.random.seed(rand_number); np.random.shuffle
+    picked = []
+    for c, size in enumerate(sizes):
+        members = np.flatnonzero(labels.numpy() == c)
+        shuffle(members)
+        picked.append(torch.from_numpy(members[:size]))
+    return Subset(torch.cat(picked), sizes, [c for c, size in enumerate(sizes) if size < max(sizes)])
 
 
 def ordered_sizes(profile: list[int], minority: object, gen: torch.Generator) -> list[int]:

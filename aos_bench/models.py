@@ -3,12 +3,13 @@
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from aos_bench.data import UsageError
 
-ARCHS = ("convnet", "lenet", "allcnn", "resnet18")
+ARCHS = ("convnet", "lenet", "allcnn", "resnet18", "cifar_resnet")
 
 
 class Normalize(nn.Module):
@@ -79,6 +80,58 @@ def resnet18(channels: int, n_classes: int) -> nn.Module:
     return net
 
 
+class CifarBlock(nn.Module):
+    """He et al.'s CIFAR residual block: two conv3x3-BN, a ReLU between and after; a parameter-free shortcut (option A:
+    every other pixel, the new channels zero-padded) where the block halves the size and doubles the width."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.pad = stride, (c_out - c_in) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        shortcut = x[:, :, :: self.stride, :: self.stride]
+        if self.pad:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + shortcut)
+
+
+class CosineHead(nn.Module):
+    """Cosine similarity between the features and each class's weight column, in [-1, 1]: the normed linear layer
+    that Cao et al.'s LDAM-DRW code puts on its ResNet-32 (their logit scale s then multiplies it)."""
+
+    def __init__(self, features: int, n_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(features, n_classes).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)
+
+
+def cifar_resnet(channels: int, n_classes: int, depth: int, widths: Sequence[int], cosine_head: bool) -> nn.Sequential:
+    """He et al.'s CIFAR ResNet of `depth` = 6n + 2 layers: a conv3x3 stem, three stages of n blocks at `widths`
+    (the second and third halving the size), global average pooling and a linear (or cosine) head; conv and linear
+    weights Kaiming-normal, as in Cao et al.'s code. depth 32: 0.46 M parameters."""
+    if depth < 8 or (depth - 2) % 6:
+        raise UsageError(f"model.depth={depth}: allowed: 6n + 2 for a whole n >= 1 (20, 32, 44, 56, 110)")
+    blocks, c = (depth - 2) // 6, widths[0]
+    layers: list[nn.Module] = [nn.Conv2d(channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+    for stage, width in enumerate(widths):
+        for block in range(blocks):
+            layers.append(CifarBlock(c, width, 2 if stage and not block else 1))
+            c = width
+    head = CosineHead(c, n_classes) if cosine_head else nn.Linear(c, n_classes)
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), head)
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight)
+    return net
+
+
 def build_model(cfg: Mapping, shape: Sequence[int], n_classes: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
     """The network named by `model.arch` for images of `shape` (channels, height, width), behind its input normalisation."""
     channels, height, width = shape
@@ -90,6 +143,8 @@ def build_model(cfg: Mapping, shape: Sequence[int], n_classes: int, mean: Sequen
         net = allcnn(channels, n_classes, cfg["widths"], cfg["dropout"])
     elif cfg["arch"] == "resnet18":
         net = resnet18(channels, n_classes)
+    elif cfg["arch"] == "cifar_resnet":
+        net = cifar_resnet(channels, n_classes, cfg["depth"], cfg["widths"], cfg["cosine_head"])
     else:
         raise UsageError(f"model.arch={cfg['arch']!r} is not one of: {', '.join(ARCHS)}")
     return nn.Sequential(Normalize(mean, std), net)

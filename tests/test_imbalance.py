@@ -1,5 +1,6 @@
 """Exact class counts of the step, linear and exp imbalances, on the real label arrays where present."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import DATA, needs
@@ -173,3 +174,33 @@ def test_exp_on_mnist_last_order(mnist_labels):
     labels, classes = mnist_labels
     subset = make_subset(labels, classes, exp(500, "last"), data_seed=0)
     assert drawn_counts(labels, subset) == [5421, 2718, 1362, 683, 342, 172, 86, 43, 22, 11]
+
+
+def cao_reference_indices(labels: np.ndarray, sizes: list[int], seed: int) -> np.ndarray:
+    """Cao et al.'s IMBALANCECIFAR10.gen_imbalanced_data as their code runs it: numpy's global seed, then each class's
+    indices shuffled in place and cut to its size, class 0 first."""
+    np.random.seed(seed)
+    picked = []
+    for c, size in enumerate(sizes):
+        idx = np.where(labels == c)[0]
+        np.random.shuffle(idx)
+        picked.append(idx[:size])
+    return np.concatenate(picked)
+
+
+@pytest.mark.parametrize(
+    ("rho", "sizes"),
+    [
+        (100, [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]),  # 12,406 images: CIFAR-10-LT, Cao et al. 2019
+        (10, [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]),  # 20,431 images
+    ],
+)
+def test_cao2019_convention_gives_cao_et_als_long_tailed_cifar(rho, sizes):
+    labels = torch.arange(10).repeat(5000)  # CIFAR-10's 5,000 images a class, interleaved as in the pickled batches
+    cfg = exp(rho, "last") | {"convention": "cao2019"}
+    subset = make_subset(labels, [str(c) for c in range(10)], cfg, data_seed=3)
+    assert subset.sizes == drawn_counts(labels, subset) == sizes  # truncated, not rounded: 1796 where round gives 1797
+    assert subset.minority_classes == list(range(1, 10))
+    assert torch.equal(subset.indices, torch.from_numpy(cao_reference_indices(labels.numpy(), sizes, seed=3)))
+    with pytest.raises(UsageError, match="allowed with it: imbalance.kind=exp and imbalance.minority=last"):
+        make_subset(labels, [str(c) for c in range(10)], exp(rho, "random") | {"convention": "cao2019"}, data_seed=0)
