@@ -119,6 +119,7 @@ RULES: dict[str, Rule] = {
     "dataset.std": numbers(number(0, low_open=True), nullable="measured on the training split"),
     "dataset.augment.flip": flag(),
     "dataset.augment.crop_pad": whole(0),
+    "dataset.augment.pad": choice("reflect", "zeros"),
     "imbalance.kind": choice("none", "step", "linear", "exp"),
     "imbalance.mu": number(0, 1, low_open=True, unit="fraction of classes that are minority"),
     "imbalance.rho": number(1, unit="largest class size / smallest"),
@@ -154,7 +155,12 @@ RULES: dict[str, Rule] = {
     "train.batch_size": whole(1),
     "train.eval_batch_size": whole(1),
     "train.max_steps": whole(1, "epochs x steps per epoch"),
-    "train.epoch_size": choice("balanced", "method"),
+    "train.epoch_size": choice("balanced", "method", "dataset"),
+    "train.schedule": choice("linear", "step"),
+    "train.warmup_epochs": whole(0),
+    "train.milestones": numbers(whole(0)),
+    "train.lr_decay": number(0, 1, low_open=True, unit="lr factor per milestone"),
+    "train.nesterov": flag(),
     "train.device": choice("auto", "cpu", "cuda"),
     "train.precision": choice("auto", "fp32", "bf16"),
     "train.threads": whole(1, "torch's choice"),
@@ -166,6 +172,9 @@ RULES: dict[str, Rule] = {
 }
 ABSENT = object()  # OmegaConf.select's default for a key the composed config does not have
 OPTIONAL = ("dataset.", "imbalance.", "method.", "model.")  # keys that only some options of these groups have
+# train keys that only recipe=lt sets: absent = the linear schedule and Nesterov momentum of the other recipes, whose
+# runs' config_hash (and so their sweeps' resume) stays as it was before these keys existed
+OPTIONAL_TRAIN = ("train.schedule", "train.warmup_epochs", "train.milestones", "train.lr_decay", "train.nesterov")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -175,7 +184,7 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.select(cfg, key, default=ABSENT, throw_on_missing=True)
         except OmegaConfBaseException as error:  # ??? left unset, or ${...} naming nothing
             raise UsageError(f"{key}: {str(error).splitlines()[0]}") from None
-        if value is ABSENT and not key.startswith(OPTIONAL):
+        if value is ABSENT and not key.startswith(OPTIONAL + OPTIONAL_TRAIN):
             raise UsageError(f"{key} is missing: it must be {rule.allowed}")
         if value is not ABSENT and not rule.ok(value):
             raise UsageError(f"{key}={show(value)}: {rule.allowed}")
