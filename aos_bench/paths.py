@@ -8,3 +8,5 @@ import yaml
 CONFIG_DIR = next(p for p in (Path(__file__).parent / "conf", Path(__file__).parents[1] / "conf") if p.is_dir())
 # The paper's published values: conf/paper.yaml (data beside the configs, not code)
 PAPER = yaml.safe_load((CONFIG_DIR / "paper.yaml").read_text())
+# Published top-1 figures of the long-tailed benchmark (experiment=cifar10_lt), each with its source
+PUBLISHED = yaml.safe_load((CONFIG_DIR / "published.yaml").read_text())

@@ -32,6 +32,7 @@ def fake_sweep(uri: str, preset: str, children: list[dict]) -> str:
     for i, child in enumerate(children):
         f1, error = child.pop("f1"), child.pop("error", None)  # a job with an error ends FAILED, as a diverged one does
         minority = {"test_f1_minority": child.pop("f1_minority")} if "f1_minority" in child else {}
+        minority |= {"test_accuracy": child.pop("accuracy")} if "accuracy" in child else {}
         tags = {"mlflow.parentRunId": parent.info.run_id, "config_hash": f"{preset}-{i}"} | ({"error": error} if error else {})
         with mlflow.start_run(tags=tags) as run:
             mlflow.log_params({"recipe.name": "paper", "env.threads": 1, "imbalance.rho": 500, **child})
@@ -130,3 +131,33 @@ def test_a_later_sweep_that_reruns_one_methods_cells_replaces_them_and_the_page_
     assert "| 80.00 ± 1.00 (2) † |" in page
     with pytest.raises(ValueError, match="several runs for one"):  # within one sweep, two runs of one job stay an error
         report.write_report(store, "aos_bench", fake_sweep(store, "methods", [{**row, "method.name": "aos", "seed": 0, "f1": f1} for f1 in (1.0, 2.0)]), tmp_path)
+
+
+def test_cifar10_lt_report_sets_top1_beside_the_published_figures_and_checks_the_goal(tmp_path, store):
+    # top-1 = the first published figure + offset + (seed - 1): BASE on it, LDAM-DRW 2 points above it at rho = 100
+    first = {("base", 100): 70.36, ("ldam_drw", 100): 77.03, ("base", 10): 86.39, ("ldam_drw", 10): 88.16}
+    offset = {"base": 0.0, "ldam_drw": 2.0}
+    def children(dataset: str) -> list[dict]:
+        return [
+            {"dataset.name": dataset, "imbalance.kind": "exp", "imbalance.rho": rho, "method.name": method, "seed": seed,
+             "f1": 50.0 + seed, "accuracy": top1 + offset[method] + seed - 1}
+            for (method, rho), top1 in first.items()
+            for seed in range(3)
+        ]
+
+    sweep = fake_sweep(store, "cifar10_lt", children("cifar10"))
+    paths = report.write_report(store, "aos_bench", sweep, tmp_path / "results")
+    assert [p.name for p in paths] == ["cifar10_lt.md", "cifar10_lt.csv", "cifar10_lt.png", "cifar10_lt_runs.csv"]
+    cells = pd.read_csv(paths[1]).set_index(["rho", "method"])
+    assert cells.loc[(100, "base"), "top1"] == pytest.approx(70.36) and cells.loc[(100, "base"), "seeds"] == 3
+    assert cells.loc[(100, "ldam_drw"), "minus_published"] == pytest.approx(2.0)
+    assert cells.loc[(10, "base"), "published"] == pytest.approx(86.39)
+    text = paths[0].read_text()
+    assert "| BASE | 70.36 ± 1.00 (3) | 70.36 [1] / 71.23 [2] / 73.17 [3] / 72.84 [4] | +0.00 | 51.00 ± 1.00 |" in text
+    assert "BASE at rho = 100: 70.36 over 3 seed(s) against 70.36 published, +0.00 points (goal: within 1.5): held" in text
+    assert "LDAM-DRW at rho = 100: 79.03 over 3 seed(s) against 77.03 published, +2.00 points (goal: within 1.5): NOT held" in text
+    assert "rho = 100: ours LDAM-DRW > BASE; published LDAM-DRW > BASE (the same order)" in text
+    assert "1. Cao et al. 2019, Table 2 (ERM, error 29.64): https://arxiv.org/abs/1906.07413" in text
+    other = fake_sweep(store, "cifar10_lt", children("synthetic"))
+    text = report.write_report(store, "aos_bench", other, tmp_path / "synthetic")[0].read_text()
+    assert "published figures are CIFAR-10's, and it ran on synthetic" in text and "[1]" not in text

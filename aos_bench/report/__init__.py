@@ -3,7 +3,8 @@
     python -m aos_bench.report [--tracking-uri URI] [--experiment NAME] [--sweep RUN_ID|latest] [--out results/]
 
 writes <out>/<preset>.md, .csv, .png and _runs.csv for the sweep (an MLflow parent run made by aos_bench.sweep):
-the paper's table layout, or for the presets methods, compare and aos_sensitivity the layout of aos_bench.report.studies.
+the paper's table layout, or for the presets methods, compare and aos_sensitivity the layout of aos_bench.report.studies,
+for cifar10_lt that of aos_bench.report.lt.
 
 The top floor: it picks the layout. Below it, each module imports only from the ones under it: paper and studies
 (the layouts), figures, markdown, stats, runs (reading MLflow), and aos_bench.paths at the bottom.
@@ -20,6 +21,7 @@ matplotlib.use("Agg")  # files only, no display: once here, before any floor bel
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from aos_bench.report.lt import write_lt  # noqa: E402
 from aos_bench.report.paper import write_paper  # noqa: E402
 from aos_bench.report.runs import find_sweep, one_recipe, sweep_runs  # noqa: E402
 from aos_bench.report.studies import write_methods, write_sensitivity  # noqa: E402
@@ -29,6 +31,7 @@ LAYOUTS: dict[str, Callable[..., list[Path]]] = {  # the studies beyond the pape
     "methods": write_methods,
     "compare": write_methods,  # every method on one dataset of the user's choice (experiment=compare)
     "aos_sensitivity": write_sensitivity,
+    "cifar10_lt": write_lt,  # CIFAR-10-LT: top-1 beside the published figures (experiment=cifar10_lt)
 }
 
 

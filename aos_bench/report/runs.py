@@ -4,6 +4,7 @@ import mlflow
 import pandas as pd
 
 METRIC = "test_f1_macro"  # the tables' F1, in percent (the paper does not name its average; macro weighs every class alike)
+ACCURACY = "test_accuracy"  # top-1 accuracy on the test set, in percent: the long-tailed literature's figure (balanced test sets)
 MINORITY_METRIC = "test_f1_minority"  # mean F1 over the minority classes, in percent: the classes the paper's claim is about
 METHODS = ("base", "ros", "aos")  # the paper's column order
 ROW = ["dataset", "mu", "rho"]  # one table row; method and seed vary within it
@@ -54,6 +55,7 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "lr_scale": pd.to_numeric(params["params.method.lr_scale"]).fillna(1.0),  # unlogged: trained at the recipe's lr
             "seed": runs["params.seed"].astype(int),
             "f1": runs[f"metrics.{METRIC}"],
+            "accuracy": runs.reindex(columns=[f"metrics.{ACCURACY}"])[f"metrics.{ACCURACY}"],
             "f1_minority": runs.reindex(columns=[f"metrics.{MINORITY_METRIC}"])[f"metrics.{MINORITY_METRIC}"],
             "steps": runs["metrics.train_steps"],
             # models trained in one stack (hydra/launcher=stacked); 1 = alone, as every run before the stacked path

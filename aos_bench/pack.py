@@ -1,0 +1,135 @@
+"""A dataset pack: the images some sweep's jobs train and test on, lossless and small enough to carry to a GPU node.
+
+    python -m aos_bench.pack OUT.npz [overrides ...]      # e.g. experiment=cifar10_lt imbalance.rho=10
+
+A GPU node of this project takes at most 64 MiB a call, and CIFAR-10 is 198 MB of PNG files. A job reads only the
+images of its imbalanced subset and the test split, so the pack holds those: every train label (the subset is drawn
+from the labels alone, so the node draws the same subset) and the images of the subsets that the overrides' jobs
+draw, plus the whole test split. Images are lossless WebP, a grid of GRID x GRID images a picture (1.6 to 1.8 KB an
+image on CIFAR-10, where one PNG each takes 2.2). A loader given the pack (`<data_dir>/<dataset>_pack.npz`) returns
+the full train split with the images it lacks left black, and marks which it holds: job.prepare refuses, in one line,
+a job whose subset needs an image the pack lacks.
+"""
+
+import io
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from aos_bench.errors import UsageError, reject
+
+GRID = 32  # images per side of one WebP picture: 1024 images, 1024 x 1024 px for CIFAR-10 (WebP allows 16383)
+
+
+def encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, C) as lossless WebP grids: (the pictures' bytes end to end, each picture's end offset)."""
+    blobs = []
+    for start in range(0, len(images), GRID * GRID):
+        chunk = images[start : start + GRID * GRID]
+        tiles = np.zeros((GRID * GRID, *images.shape[1:]), np.uint8)
+        tiles[: len(chunk)] = chunk
+        n, h, w, c = tiles.shape
+        picture = tiles.reshape(GRID, GRID, h, w, c).transpose(0, 2, 1, 3, 4).reshape(GRID * h, GRID * w, c)
+        buffer = io.BytesIO()
+        Image.fromarray(picture.squeeze(-1) if c == 1 else picture).save(buffer, "WEBP", lossless=True, quality=100, method=4)
+        blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
+    return np.concatenate(blobs), np.cumsum([len(b) for b in blobs])
+
+
+def decode(blob: np.ndarray, ends: np.ndarray, n: int, shape: Sequence[int]) -> torch.Tensor:
+    """The first `n` images of encode()'s pictures as uint8 (n, C, H, W), `shape` = (C, H, W)."""
+    c, h, w = shape
+    images = []
+    for start, end in zip([0, *ends[:-1]], ends):
+        picture = np.asarray(Image.open(io.BytesIO(blob[start:end].tobytes())).convert("L" if c == 1 else "RGB"))
+        tiles = picture.reshape(GRID, h, GRID, w, c).transpose(0, 2, 1, 3, 4).reshape(GRID * GRID, h, w, c)
+        images.append(tiles)
+    return torch.from_numpy(np.concatenate(images)[:n]).permute(0, 3, 1, 2).contiguous()
+
+
+def write_pack(path: Path, train_x: torch.Tensor, train_y: torch.Tensor, rows: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, classes: Sequence[str]) -> None:
+    """Write the pack: every train label, the train images at `rows` (sorted), the whole test split, the class names."""
+    rows = torch.unique(rows)  # sorted, once each
+    train_blob, train_ends = encode(train_x[rows].permute(0, 2, 3, 1).numpy())
+    test_blob, test_ends = encode(test_x.permute(0, 2, 3, 1).numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:  # uncompressed npz: WebP is compressed already
+        np.savez(
+            file, classes=np.array(list(classes)), shape=np.array(train_x.shape[1:]), train_y=train_y.numpy().astype(np.int64),
+            rows=rows.numpy(), train_blob=train_blob, train_ends=train_ends, test_y=test_y.numpy().astype(np.int64),
+            test_blob=test_blob, test_ends=test_ends,
+        )
+
+
+def read_pack(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    """(train_x, train_y, test_x, test_y, classes, present): the full train split with the images the pack lacks black,
+    and `present`, which train images it holds (bool, one per image)."""
+    try:
+        pack = np.load(path)
+        shape, train_y, rows = pack["shape"].tolist(), torch.from_numpy(pack["train_y"]), torch.from_numpy(pack["rows"])
+        train_x = torch.zeros((len(train_y), *shape), dtype=torch.uint8)
+        train_x[rows] = decode(pack["train_blob"], pack["train_ends"], len(rows), shape)
+        test_y = torch.from_numpy(pack["test_y"])
+        test_x = decode(pack["test_blob"], pack["test_ends"], len(test_y), shape)
+        classes = [str(c) for c in pack["classes"]]
+    except (OSError, KeyError, ValueError) as error:
+        raise UsageError(f"{path}: not a dataset pack that python -m aos_bench.pack wrote ({type(error).__name__}: {error})") from None
+    present = torch.zeros(len(train_y), dtype=torch.bool)
+    present[rows] = True
+    return train_x, train_y, test_x, test_y, classes, present
+
+
+def compose_jobs(overrides: list[str]) -> list:
+    """The configs of every job that `python -m aos_bench -m <overrides>` runs: the preset's grid and the overrides."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from aos_bench.paths import CONFIG_DIR
+    from aos_bench.sweep import job_overrides
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        single = [o for o in overrides if "," not in o.partition("=")[2]]  # a sweep's lists expand below
+        config = compose("config", overrides=single, return_hydra_config=True)
+        with open_dict(config):
+            config.hydra.overrides.task = list(overrides)
+        return [compose("config", overrides=job) for job in job_overrides(config)]
+
+
+def pack_for(out: Path, overrides: list[str]) -> tuple[int, int]:
+    """Write the pack of the dataset and subsets that a sweep's jobs (`overrides`, as on `python -m aos_bench -m`)
+    draw; returns (train images packed, bytes written)."""
+    from aos_bench.data import load_data
+    from aos_bench.imbalance import make_subset
+
+    jobs = compose_jobs(overrides)
+    datasets = {(cfg.dataset.name, cfg.data_dir) for cfg in jobs}
+    if len(datasets) != 1:
+        raise UsageError(f"the overrides give jobs on {len(datasets)} datasets ({sorted(d for d, _ in datasets)}): a pack holds one")
+    cfg = jobs[0]
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    drawn, parts = set(), []
+    for c in jobs:
+        key = (str(c.imbalance), c.data_seed)  # jobs that differ in method or training seed draw one subset
+        if key not in drawn:
+            drawn.add(key)
+            parts.append(make_subset(data.train_y, data.classes, c.imbalance, c.data_seed, c.dataset.get("natural_minority", False)).indices)
+    rows = torch.cat(parts)
+    write_pack(out, data.train_x, data.train_y, rows, data.test_x, data.test_y, data.classes)
+    return len(torch.unique(rows)), out.stat().st_size
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: write the pack, print what it holds."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0].startswith("-") or "=" in args[0]:
+        reject("usage: python -m aos_bench.pack OUT.npz [overrides ...], e.g. experiment=cifar10_lt")
+    images, size = pack_for(Path(args[0]), args[1:])
+    print(f"{args[0]}: {images} train images and the test split, {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
