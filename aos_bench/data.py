@@ -47,6 +47,7 @@ class ImageData:
     test_y: torch.Tensor
     classes: list[str]
     skipped: tuple[str, ...] = ()  # unreadable image files left out (dataset.skip_bad=true)
+    present: torch.Tensor | None = None  # from a pack (aos_bench.pack): which train images it holds; None = all
 
 
 def default_cache_dir() -> Path:
@@ -65,6 +66,12 @@ def load_data(dataset: DictConfig | Mapping, data_dir: str | Path, cache_dir: st
     if name not in LOADERS:
         raise UsageError(f"dataset.name={name!r} is not one of: {', '.join(sorted(LOADERS))}")
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    pack = Path(data_dir).expanduser() / f"{name}_pack.npz"
+    if pack.is_file():  # a GPU node's copy of the images some sweep needs (python -m aos_bench.pack)
+        from aos_bench.pack import read_pack
+
+        train_x, train_y, test_x, test_y, classes, present = read_pack(pack, dataset)
+        return ImageData(train_x, train_y, test_x, test_y, classes, present=present)
     return LOADERS[name](dataset, Path(data_dir).expanduser(), cache)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from sklearn.metrics import confusion_matrix
 
 from aos_bench.checks import validate as check_values
+from aos_bench.errors import UsageError
 from aos_bench.data import ImageData, load_data, normalisation
 from aos_bench.imbalance import Subset, make_subset
 from aos_bench.methods import Method, get_method, validate_method
@@ -42,7 +43,14 @@ def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tupl
     """Check the config, load the data and draw the imbalanced subset: every bad-input error is raised here."""
     validate(cfg)
     data = load(cfg.dataset, cfg.data_dir, cfg.cache_dir)
-    return data, make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed, cfg.dataset.get("natural_minority", False))
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed, cfg.dataset.get("natural_minority", False))
+    if data.present is not None and not data.present[subset.indices].all():
+        lacking = int((~data.present[subset.indices]).sum())
+        raise UsageError(
+            f"data_dir={cfg.data_dir} holds a pack of {cfg.dataset.name} without {lacking} of this job's {len(subset.indices)} "
+            "training images (it was made for other imbalance settings); make one with python -m aos_bench.pack <out> <this sweep's overrides>"
+        )
+    return data, subset
 
 
 @dataclass(frozen=True)

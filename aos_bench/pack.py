@@ -12,8 +12,9 @@ a job whose subset needs an image the pack lacks.
 """
 
 import io
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ from PIL import Image
 from aos_bench.errors import UsageError, reject
 
 GRID = 32  # images per side of one WebP picture: 1024 images, 1024 x 1024 px for CIFAR-10 (WebP allows 16383)
+NOT_CONTENT = ("download", "skip_bad")  # dataset keys that do not change the loaded images: a pack ignores them
+
+
+def content_settings(dataset: Mapping) -> str:
+    """The dataset config's keys that shape the loaded images (JSON): a pack is read only under the settings it was made with."""
+    from omegaconf import OmegaConf
+
+    settings = OmegaConf.to_container(dataset, resolve=True) if OmegaConf.is_config(dataset) else dict(dataset)
+    return json.dumps({k: v for k, v in settings.items() if k not in NOT_CONTENT}, sort_keys=True)
 
 
 def encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,25 +61,32 @@ def decode(blob: np.ndarray, ends: np.ndarray, n: int, shape: Sequence[int]) -> 
     return torch.from_numpy(np.concatenate(images)[:n]).permute(0, 3, 1, 2).contiguous()
 
 
-def write_pack(path: Path, train_x: torch.Tensor, train_y: torch.Tensor, rows: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, classes: Sequence[str]) -> None:
-    """Write the pack: every train label, the train images at `rows` (sorted), the whole test split, the class names."""
+def write_pack(
+    path: Path, dataset: Mapping, train_x: torch.Tensor, train_y: torch.Tensor, rows: torch.Tensor, test_x: torch.Tensor,
+    test_y: torch.Tensor, classes: Sequence[str],
+) -> None:
+    """Write the pack: the dataset's settings, every train label, the train images at `rows`, the whole test split, the classes."""
     rows = torch.unique(rows)  # sorted, once each
     train_blob, train_ends = encode(train_x[rows].permute(0, 2, 3, 1).numpy())
     test_blob, test_ends = encode(test_x.permute(0, 2, 3, 1).numpy())
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as file:  # uncompressed npz: WebP is compressed already
         np.savez(
-            file, classes=np.array(list(classes)), shape=np.array(train_x.shape[1:]), train_y=train_y.numpy().astype(np.int64),
+            file, dataset=np.array(content_settings(dataset)), classes=np.array(list(classes)), shape=np.array(train_x.shape[1:]), train_y=train_y.numpy().astype(np.int64),
             rows=rows.numpy(), train_blob=train_blob, train_ends=train_ends, test_y=test_y.numpy().astype(np.int64),
             test_blob=test_blob, test_ends=test_ends,
         )
 
 
-def read_pack(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
-    """(train_x, train_y, test_x, test_y, classes, present): the full train split with the images the pack lacks black,
-    and `present`, which train images it holds (bool, one per image)."""
+def read_pack(path: Path, dataset: Mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    """(train_x, train_y, test_x, test_y, classes, present) of the pack made under `dataset`'s settings: the full train
+    split with the images the pack lacks black, and `present`, which train images it holds (bool, one per image)."""
     try:
         pack = np.load(path)
+        made = str(pack["dataset"])
+        if made != content_settings(dataset):
+            raise UsageError(f"{path} was made with the dataset settings {made}, not this job's {content_settings(dataset)}: "
+                             "make one for them with python -m aos_bench.pack, or move it away")
         shape, train_y, rows = pack["shape"].tolist(), torch.from_numpy(pack["train_y"]), torch.from_numpy(pack["rows"])
         train_x = torch.zeros((len(train_y), *shape), dtype=torch.uint8)
         train_x[rows] = decode(pack["train_blob"], pack["train_ends"], len(rows), shape)
@@ -118,7 +135,7 @@ def pack_for(out: Path, overrides: list[str]) -> tuple[int, int]:
             drawn.add(key)
             parts.append(make_subset(data.train_y, data.classes, c.imbalance, c.data_seed, c.dataset.get("natural_minority", False)).indices)
     rows = torch.cat(parts)
-    write_pack(out, data.train_x, data.train_y, rows, data.test_x, data.test_y, data.classes)
+    write_pack(out, cfg.dataset, data.train_x, data.train_y, rows, data.test_x, data.test_y, data.classes)
     return len(torch.unique(rows)), out.stat().st_size
 
 
