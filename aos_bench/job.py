@@ -21,7 +21,7 @@ from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
 from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, run_name, tracking_uri, ui_address
-from aos_bench.train import fit, predict, resolve_precision
+from aos_bench.train import RunStats, fit, predict, recipe_of, resolve_precision, training_set
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def log_environment(job: Job, extra: dict[str, str] | None = None) -> None:
         mlflow.log_params({"dataset.train_mean": job.mean, "dataset.train_std": job.std})
 
 
-def evaluate(job: Job, stats: dict) -> dict[str, float]:
+def evaluate(job: Job, stats: RunStats) -> dict[str, float]:
     """Into the active run: the class counts, the test metrics and the per-class, confusion and adversarial artifacts
     of the trained job.model; returns the test metrics (percent)."""
     cfg, data, subset, method = job.cfg, job.data, job.subset, job.method
@@ -98,7 +98,7 @@ def evaluate(job: Job, stats: dict) -> dict[str, float]:
             "classes": data.classes,
             "minority_classes": subset.minority_classes,
             "imbalanced": subset.sizes,
-            "resampled": stats["class_counts"],
+            "resampled": stats.class_counts,
         },
         "class_counts.json",
     )
@@ -107,12 +107,12 @@ def evaluate(job: Job, stats: dict) -> dict[str, float]:
     adjust = (lambda logits: method.adjust(logits, priors, cfg.method)) if method.adjust else None
     y_pred = predict(job.model, data.test_x.to(job.device), cfg.train.eval_batch_size, cfg.train.precision, adjust).cpu().numpy()
     metrics = scores(y_true, y_pred, len(data.classes), subset.minority_classes)
-    mlflow.log_metrics({**metrics, "train_steps": stats["train_steps"]})
+    mlflow.log_metrics({**metrics, "train_steps": stats.train_steps})
     mlflow.log_text(per_class(y_true, y_pred, data.classes).to_csv(index=False), "per_class.csv")
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(data.classes))))
     log_figure(confusion_figure(matrix, data.classes), "confusion_matrix.png")
-    if stats["examples"] is not None:
-        log_figure(adversarial_figure(*stats["examples"], data.classes), "adversarial_examples.png")
+    if stats.examples is not None:
+        log_figure(adversarial_figure(*stats.examples, data.classes), "adversarial_examples.png")
     return metrics
 
 
@@ -132,16 +132,11 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     progress = interactive if cfg.train.progress == "auto" else cfg.train.progress
     with job_run(cfg, job.tags) as active:
         log_environment(job)
+        ts = training_set(job.x, job.y, job.method, cfg.method, job.subset.minority_classes, cfg.seed, cfg.train.epoch_size)
         stats = fit(
             job.model,
-            job.x,
-            job.y,
-            job.method,
-            cfg.train,
-            cfg.method,
-            cfg.dataset.augment,
-            job.subset.minority_classes,
-            cfg.seed,
+            ts,
+            recipe_of(cfg),
             on_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
             progress=progress,
             name=run_name(cfg),
