@@ -5,6 +5,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import torch
@@ -20,7 +21,7 @@ from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
-from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, run_name, tracking_uri, ui_address
+from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, tracking_uri, ui_address
 from aos_bench.train import RunStats, fit, predict, recipe_of, resolve_precision, training_set
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,17 @@ def report_done(run: mlflow.ActiveRun, metrics: dict[str, float], cfg: DictConfi
         log.info("MLflow: %s", ui_address(tracking_uri(cfg.tracking), run.info.experiment_id))
 
 
+def checkpoint_path(cfg: DictConfig) -> Path | None:
+    """Where a single job saves its state after each epoch: <tracking.checkpoint_dir>/<config_hash>.pt, or None (off).
+    Keyed by config_hash: a file is resumed only by a job of the same computation, whichever store it logs to."""
+    folder = cfg.tracking.get("checkpoint_dir")
+    return None if folder is None else Path(folder) / f"{config_hash(cfg)}.pt"
+
+
 def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
-    """Train and evaluate one configuration, logged as one MLflow run; returns the test metrics (percent)."""
+    """Train and evaluate one configuration, logged as one MLflow run; returns the test metrics (percent). A job
+    stopped after an epoch with tracking.checkpoint_dir set goes on from there in a new run, which logs the epochs it
+    trains (the stopped run keeps the others) and tags resumed_epochs."""
     if (done := finished_metrics(cfg)) is not None:
         log.info("skipped: this sweep already has a FINISHED run of this config (force=true reruns every job)")
         return done
@@ -140,7 +150,10 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
             on_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
             progress=progress,
             name=run_name(cfg),
+            checkpoint=checkpoint_path(cfg),
         )
+        if stats.resumed_epochs:
+            mlflow.set_tag("resumed_epochs", str(stats.resumed_epochs))
         metrics = evaluate(job, stats)
     report_done(active, metrics, cfg)
     return metrics

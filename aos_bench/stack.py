@@ -16,6 +16,7 @@ float order differs, as it does with another thread count. Differences from fit(
   batch, unless the first held no attacked minority image).
 - Models must be free of BatchNorm and dropout (checks.stack_problem): under one fixed-shape attack, BatchNorm's batch
   statistics would be those of the whole batch, not of the attacked rows, and dropout's draws are not per job.
+- No checkpoint: a stack trains from its first step to its last (checks.stack_problem refuses tracking.checkpoint_dir).
 """
 
 import copy

@@ -7,16 +7,18 @@ image is already on the device, so a batch costs one gather, one conversion to f
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from aos_bench.errors import Diverged
+from aos_bench.errors import Diverged, UsageError
 from aos_bench.methods import Method
 from aos_bench.progress import duration
 
@@ -208,6 +210,7 @@ class RunStats:
     epochs: list[dict[str, float]] = field(default_factory=list)  # each epoch's logged values (train_loss, ...)
     examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (clean, attacked, label) for adversarial_examples.png
     error: str | None = None  # fit_stack(): the model's divergence message (fit() raises Diverged instead)
+    resumed_epochs: int = 0  # epochs that a stopped run trained before this one resumed from its checkpoint
 
 
 def new_stats(ts: TrainingSet) -> RunStats:
@@ -223,6 +226,47 @@ def end_epoch(stats: RunStats, losses: torch.Tensor, steps: int, values: dict[st
         stats.epochs.append(values)
 
 
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save `state` to `path` atomically: a temporary file beside it, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def run_state(epoch: int, positions: torch.Tensor, total: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator, stats: RunStats) -> dict:
+    """Everything fit() needs to go on after `epoch` (counted from 0): the next epoch, the positions, the planned
+    steps, the model, optimizer and scheduler states, the random generators' states and the statistics so far."""
+    cuda = gen.device.type == "cuda"
+    return {
+        "epoch": epoch + 1, "total": total, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "positions": positions,  # the epoch's: a redraw's, else the method's first draw (training_set's, drawn again on resume)
+        "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),  # the global generators: a model's own draws (dropout) come from them
+        "cuda_rng": torch.cuda.get_rng_state(gen.device) if cuda else None,
+        "stats": {f.name: getattr(stats, f.name) for f in fields(stats)},
+    }
+
+
+def resume(path: Path, total: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> tuple[int, torch.Tensor, RunStats]:
+    """Load run_state's file at `path` into the model, optimizer, scheduler and generators; (next epoch, positions, statistics)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)  # the states load onto their tensors' devices
+    if state["total"] != total:
+        raise UsageError(f"{path}: a checkpoint of a run of {state['total']} steps, not {total}; delete it to train from the start")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], gen.device)
+    stats = RunStats(**state["stats"] | {"losses": state["stats"]["losses"].to(gen.device), "resumed_epochs": state["epoch"]})
+    log.info("resumed from %s: %d epochs done", path, state["epoch"])
+    return state["epoch"], state["positions"].to(gen.device), stats
+
+
 def fit(
     model: nn.Module,
     ts: TrainingSet,
@@ -230,17 +274,22 @@ def fit(
     on_epoch: Callable[[int, dict], None] = lambda epoch, values: None,
     progress: bool = False,
     name: str = "",
+    checkpoint: Path | None = None,
 ) -> RunStats:
     """Train `model` in place on `ts` (on the training device) by `recipe`; returns the run's statistics. Without a
-    progress bar, each epoch logs a line that starts with `name` (the run's: parallel jobs share one log)."""
+    progress bar, each epoch logs a line that starts with `name` (the run's: parallel jobs share one log). With a
+    `checkpoint` path, the run's state is saved there after each epoch but the last, training resumes from it when
+    it is there, and it is removed when training ends."""
     device, x, y, method = ts.x.device, ts.x, ts.y, ts.method
     forward = torch.compile(model) if recipe.compile else model  # the attack keeps the eager model
     steps_per_epoch, total = planned_steps(ts.n_images, recipe)
     optimizer = make_optimizer(model.parameters(), recipe)
     scheduler = make_scheduler(optimizer, recipe, total)
-    positions, stats = ts.positions, new_stats(ts)
-    epochs = tqdm(range(recipe.epochs), desc="epochs", disable=not progress, leave=False)
-    start = time.perf_counter()
+    first, positions, stats = 0, ts.positions, new_stats(ts)
+    if checkpoint is not None and checkpoint.exists():
+        first, positions, stats = resume(checkpoint, total, model, optimizer, scheduler, ts.gen)
+    epochs = tqdm(range(first, recipe.epochs), desc="epochs", disable=not progress, leave=False)
+    start, steps_before = time.perf_counter(), stats.train_steps
     for epoch in epochs:
         positions, batches = epoch_draws(ts, positions, epoch, recipe)
         losses = torch.zeros(steps_per_epoch, device=device)  # on the device: checked once an epoch, no sync per step
@@ -285,10 +334,14 @@ def fit(
         epochs.set_postfix(loss=f"{values['train_loss']:.3f}")
         on_epoch(epoch, values)
         if not progress:  # no bar (a multirun, no terminal): one line per epoch instead
-            line = epoch_line(epoch, recipe.epochs, values["train_loss"], stats.train_steps, total, time.perf_counter() - start)
+            line = epoch_line(epoch, recipe.epochs, values["train_loss"], stats.train_steps - steps_before, total - steps_before, time.perf_counter() - start)
             log.info(f"{name}: {line}" if name else line)
         if stats.train_steps == total:
             break
+        if checkpoint is not None:  # after on_epoch: an epoch saved has been logged
+            save_checkpoint(checkpoint, run_state(epoch, positions, total, model, optimizer, scheduler, ts.gen, stats))
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return stats
 
 

@@ -11,6 +11,7 @@ import torch
 from conftest import ROOT, fit_config, make_config
 
 from aos_bench import stack, train
+from aos_bench.checks import stack_problem
 from aos_bench.data import load_data
 from aos_bench.imbalance import make_subset
 from aos_bench.errors import UsageError
@@ -148,6 +149,13 @@ def test_a_network_with_batchnorm_is_refused_in_one_line_before_any_run(tmp_path
     assert done.returncode == 2
     assert done.stdout.strip().splitlines()[-1].startswith("aos_bench: model.arch=convnet: hydra/launcher=stacked trains")
     assert not (tmp_path / "mlflow.db").exists() or runs_of(tmp_path) == []
+
+
+def test_a_checkpoint_folder_is_refused_for_the_stacked_launcher_in_one_line():
+    assert stack_problem(make_config("dataset=synthetic")) is None
+    assert stack_problem(make_config("dataset=synthetic", "tracking.checkpoint_dir=ckpt")) == (
+        "tracking.checkpoint_dir=ckpt: hydra/launcher=stacked saves no checkpoint (a stopped stack trains again); allowed with it: null"
+    )
 
 
 def test_the_noise_floor_sets_stacked_runs_against_separate_ones():

@@ -10,6 +10,7 @@ from conftest import DATA, ROOT, fit_config, make_config, needs
 
 from aos_bench import train
 from aos_bench.data import load_data
+from aos_bench.errors import UsageError
 from aos_bench.imbalance import make_subset
 from aos_bench.methods import Method, Perturb, adversarial_minority, get_method, minority_draw, random_oversample
 from aos_bench.models import build_model
@@ -187,3 +188,61 @@ def test_cpu_training_repeats_bit_for_bit_and_is_unchanged_on_a_pinned_processor
         pytest.skip(f"no pin for this processor ({kind}): repeatability checked, unchanged-ness not; pin {digests} to add it")
     assert digests == pins, f"the CPU path's numerics changed on {kind}: committed tables' runs no longer reproduce"
 
+
+class Stop(Exception):
+    """A stop after an epoch's values are logged (as Ctrl-C or SIGTERM would stop the job)."""
+
+
+# A schedule of 3 epochs with every kind of state a resume must restore: momentum, the warm-up's and decay's position,
+# the run's generator (AOS draws, flips, shifts), a redraw's positions, dropout's draws from the global generator.
+RESUMED = ("dataset=synthetic", "method=aos", "method.redraw=true", "model=allcnn", "model.widths=[4,8]", "train.epochs=3",
+           "train.epoch_size=method", "train.batch_size=128", "train.device=cpu", "dataset.augment.flip=true",
+           "dataset.augment.crop_pad=2", "train.clip_norm=1")
+
+
+def stop_at(stopped: int):
+    """An on_epoch that stops the run when epoch `stopped` (counted from 0) has been logged."""
+
+    def on_epoch(epoch: int, values: dict) -> None:
+        if epoch == stopped:
+            raise Stop
+
+    return on_epoch
+
+
+def allcnn_fit(cfg, init_seed: int, **options) -> tuple[torch.nn.Module, train.RunStats]:
+    """fit() RESUMED's job (seed 0) on a model initialised from init_seed; the model and its statistics."""
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+    torch.manual_seed(init_seed)
+    model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+    model = model.to(memory_format=torch.channels_last)
+    return model, fit_config(model, cfg, data.train_x[subset.indices], data.train_y[subset.indices], subset.minority_classes, 0, **options)
+
+
+def test_a_run_stopped_after_an_epoch_resumes_from_its_checkpoint_to_the_same_parameters(tmp_path):
+    torch.set_num_threads(1)
+    cfg, checkpoint = make_config(*RESUMED), tmp_path / "job.pt"
+    twin, twin_stats = allcnn_fit(cfg, 0, checkpoint=tmp_path / "twin.pt")  # saving changes nothing: a run that never stops
+    plain, plain_stats = allcnn_fit(cfg, 0)
+    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), plain.parameters()))
+    assert torch.equal(twin_stats.losses, plain_stats.losses) and twin_stats.epochs == plain_stats.epochs
+    assert not (tmp_path / "twin.pt").exists() and len(twin_stats.epochs) == 3
+    with pytest.raises(Stop):
+        allcnn_fit(cfg, 0, checkpoint=checkpoint, on_epoch=stop_at(1))
+    assert [path.name for path in tmp_path.iterdir()] == ["job.pt"]  # the first epoch's state, no temporary file
+    logged = []
+    resumed, stats = allcnn_fit(cfg, 1, checkpoint=checkpoint, on_epoch=lambda epoch, values: logged.append(epoch))  # any initial model
+    assert logged == [1, 2] and stats.resumed_epochs == 1 and not checkpoint.exists()
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), twin.parameters()))
+    assert torch.equal(stats.losses, twin_stats.losses) and stats.epochs == twin_stats.epochs
+    assert stats.train_steps == twin_stats.train_steps and stats.class_counts == twin_stats.class_counts
+    assert all(torch.equal(a, b) for a, b in zip(stats.examples, twin_stats.examples))
+
+
+def test_a_checkpoint_of_another_schedule_is_refused_in_one_line(tmp_path):
+    cfg = make_config(*RESUMED, "train.epochs=2")
+    with pytest.raises(Stop):
+        allcnn_fit(cfg, 0, checkpoint=tmp_path / "job.pt", on_epoch=stop_at(1))
+    with pytest.raises(UsageError, match=r"job.pt: a checkpoint of a run of \d+ steps, not \d+; delete it to train from the start$"):
+        allcnn_fit(make_config(*RESUMED, "train.epochs=2", "train.max_steps=5"), 0, checkpoint=tmp_path / "job.pt")
