@@ -16,9 +16,13 @@ import copy
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+if TYPE_CHECKING:  # the launcher imports this module before torch: the training core only where it trains
+    from aos_bench.train import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +98,7 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], max_models: 
     return results
 
 
-def log_job(job, config: DictConfig, stats, stacked: int) -> float | BaseException:
+def log_job(job, config: DictConfig, stats: "RunStats", stacked: int) -> float | BaseException:
     """One trained job of a stack logged as its own run, FAILED with the error if its model diverged; its F1 or error."""
     import mlflow
 
