@@ -169,6 +169,7 @@ RULES: dict[str, Rule] = {
     "train.progress": choice("auto", True, False),
     "tracking.uri": secret_free_uri("$MLFLOW_TRACKING_URI, else ./mlruns/mlflow.db"),
     "tracking.experiment": text(),
+    "tracking.checkpoint_dir": text("no checkpoints"),
 }
 ABSENT = object()  # OmegaConf.select's default for a key the composed config does not have
 OPTIONAL = ("dataset.", "imbalance.", "method.", "model.")  # keys that only some options of these groups have
@@ -202,6 +203,8 @@ def stack_problem(cfg: DictConfig) -> str | None:
         )
     if cfg.train.compile:
         return "train.compile=true: hydra/launcher=stacked runs eager stacked models; allowed with it: false"
+    if cfg.tracking.get("checkpoint_dir") is not None:
+        return f"tracking.checkpoint_dir={cfg.tracking.checkpoint_dir}: hydra/launcher=stacked saves no checkpoint (a stopped stack trains again); allowed with it: null"
     return None
 
 

@@ -5,6 +5,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import torch
@@ -21,8 +22,8 @@ from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
-from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, run_name, tracking_uri, ui_address
-from aos_bench.train import fit, predict, resolve_precision
+from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, tracking_uri, ui_address
+from aos_bench.train import RunStats, fit, predict, recipe_of, resolve_precision, training_set
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def log_environment(job: Job, extra: dict[str, str] | None = None) -> None:
         mlflow.log_params({"dataset.train_mean": job.mean, "dataset.train_std": job.std})
 
 
-def evaluate(job: Job, stats: dict) -> dict[str, float]:
+def evaluate(job: Job, stats: RunStats) -> dict[str, float]:
     """Into the active run: the class counts, the test metrics and the per-class, confusion and adversarial artifacts
     of the trained job.model; returns the test metrics (percent)."""
     cfg, data, subset, method = job.cfg, job.data, job.subset, job.method
@@ -106,7 +107,7 @@ def evaluate(job: Job, stats: dict) -> dict[str, float]:
             "classes": data.classes,
             "minority_classes": subset.minority_classes,
             "imbalanced": subset.sizes,
-            "resampled": stats["class_counts"],
+            "resampled": stats.class_counts,
         },
         "class_counts.json",
     )
@@ -115,12 +116,12 @@ def evaluate(job: Job, stats: dict) -> dict[str, float]:
     adjust = (lambda logits: method.adjust(logits, priors, cfg.method)) if method.adjust else None
     y_pred = predict(job.model, data.test_x.to(job.device), cfg.train.eval_batch_size, cfg.train.precision, adjust).cpu().numpy()
     metrics = scores(y_true, y_pred, len(data.classes), subset.minority_classes)
-    mlflow.log_metrics({**metrics, "train_steps": stats["train_steps"]})
+    mlflow.log_metrics({**metrics, "train_steps": stats.train_steps})
     mlflow.log_text(per_class(y_true, y_pred, data.classes).to_csv(index=False), "per_class.csv")
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(data.classes))))
     log_figure(confusion_figure(matrix, data.classes), "confusion_matrix.png")
-    if stats["examples"] is not None:
-        log_figure(adversarial_figure(*stats["examples"], data.classes), "adversarial_examples.png")
+    if stats.examples is not None:
+        log_figure(adversarial_figure(*stats.examples, data.classes), "adversarial_examples.png")
     return metrics
 
 
@@ -131,8 +132,17 @@ def report_done(run: mlflow.ActiveRun, metrics: dict[str, float], cfg: DictConfi
         log.info("MLflow: %s", ui_address(tracking_uri(cfg.tracking), run.info.experiment_id))
 
 
+def checkpoint_path(cfg: DictConfig) -> Path | None:
+    """Where a single job saves its state after each epoch: <tracking.checkpoint_dir>/<config_hash>.pt, or None (off).
+    Keyed by config_hash: a file is resumed only by a job of the same computation, whichever store it logs to."""
+    folder = cfg.tracking.get("checkpoint_dir")
+    return None if folder is None else Path(folder) / f"{config_hash(cfg)}.pt"
+
+
 def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
-    """Train and evaluate one configuration, logged as one MLflow run; returns the test metrics (percent)."""
+    """Train and evaluate one configuration, logged as one MLflow run; returns the test metrics (percent). A job
+    stopped after an epoch with tracking.checkpoint_dir set goes on from there in a new run, which logs the epochs it
+    trains (the stopped run keeps the others) and tags resumed_epochs."""
     if (done := finished_metrics(cfg)) is not None:
         log.info("skipped: this sweep already has a FINISHED run of this config (force=true reruns every job)")
         return done
@@ -140,20 +150,18 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
     progress = interactive if cfg.train.progress == "auto" else cfg.train.progress
     with job_run(cfg, job.tags) as active:
         log_environment(job)
+        ts = training_set(job.x, job.y, job.method, cfg.method, job.subset.minority_classes, cfg.seed, cfg.train.epoch_size)
         stats = fit(
             job.model,
-            job.x,
-            job.y,
-            job.method,
-            cfg.train,
-            cfg.method,
-            cfg.dataset.augment,
-            job.subset.minority_classes,
-            cfg.seed,
+            ts,
+            recipe_of(cfg),
             on_epoch=lambda epoch, values: mlflow.log_metrics(values, step=epoch),
             progress=progress,
             name=run_name(cfg),
+            checkpoint=checkpoint_path(cfg),
         )
+        if stats.resumed_epochs:
+            mlflow.set_tag("resumed_epochs", str(stats.resumed_epochs))
         metrics = evaluate(job, stats)
     report_done(active, metrics, cfg)
     return metrics

@@ -3,13 +3,14 @@
 A method is an entry of METHODS, a Method of optional hooks (None = the plain choice):
 - `synthesize` adds images to the imbalanced set once before training (SMOTE);
 - `resample` turns the training labels into the index list one pass of training runs over;
-- `perturb` rewrites a batch of [0, 1] images before the optimizer step (AOS);
+- `perturb` rewrites a batch of [0, 1] images before the optimizer step (AOS): a Perturb, whose random draws
+  train.step_draws makes for both training paths, and its forms for fit() (one model) and fit_stack() (a stack);
 - `loss` replaces cross-entropy, given the training set's class counts and the fraction of steps done;
 - `adjust` turns test-time logits into the scores whose argmax is the prediction (thresholding).
 Adding a method = one function or two here, one entry in METHODS, one file in conf/method/.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +19,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from aos_bench.data import UsageError
+from aos_bench.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Perturb:
+    """A batch hook: its draws for a batch of n images (made before it runs, by train.step_draws on both training
+    paths, so that the two cannot draw differently) and what it does with them, on one model and on a stack."""
+
+    draw: Callable[[int, Mapping, torch.Generator], torch.Tensor]  # (n, cfg, gen) -> the batch's draws, (n, ...)
+    batch: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (model, x, y, is_minority, cfg, draws) -> (x, perturbed positions)
+    # (forward, params, buffers, x, y, models, is_minority, cfgs, draws) -> (x, perturbed mask (models, batch)), on the
+    # rows `models` of a stack (aos_bench.stack); None = fit_stack() refuses the method
+    stack: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
 class Method:
     resample: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (labels, gen) -> positions into labels
-    perturb: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (model, x, y, is_minority, cfg, gen) -> (x, n)
+    perturb: Perturb | None = None  # rewrites each batch
     loss: Callable[..., torch.Tensor] | None = None  # (logits, y, counts, cfg, done) -> loss; done = fraction of steps taken
     adjust: Callable[[torch.Tensor, torch.Tensor, Mapping], torch.Tensor] | None = None  # (logits, counts, cfg) -> scores
     synthesize: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (x, y, cfg, seed) -> (x, y), uint8 images
@@ -166,22 +179,48 @@ def fgsm(
     return x
 
 
+def minority_draw(n: int, cfg: Mapping, gen: torch.Generator) -> torch.Tensor:
+    """AOS's draws for a batch of n images: which of them to attack if minority, each with probability p."""
+    return torch.rand(n, generator=gen, device=gen.device) < cfg["p"]
+
+
 def adversarial_minority(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, is_minority: torch.Tensor, cfg: Mapping, gen: torch.Generator
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, is_minority: torch.Tensor, cfg: Mapping, draws: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """AOS: each minority image replaced with probability p by its FGSM example; returns (batch, attacked positions)."""
-    draw = torch.rand(len(y), generator=gen, device=y.device) < cfg["p"]
-    attacked = (is_minority[y] & draw).nonzero().flatten()  # one host sync: the attack's cost follows its size
+    """AOS: each minority image that `draws` marks replaced by its FGSM example; returns (batch, attacked positions)."""
+    attacked = (is_minority[y] & draws).nonzero().flatten()  # one host sync: the attack's cost follows its size
     if len(attacked):
         majority = ~is_minority if cfg.get("targeted") else None
         x = x.index_copy(0, attacked, fgsm(frozen(model), x[attacked], y[attacked], cfg["eps"], cfg.get("steps", 1), majority))
     return x, attacked
 
 
+def adversarial_minority_stack(
+    forward: Callable[..., torch.Tensor], params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor, models: list[int],
+    is_minority: torch.Tensor, cfgs: Sequence[Mapping], draws: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AOS on the rows `models` of a stack's batch x (models of the stack, batch, ...) at a fixed shape: every image of
+    those rows goes through FGSM and the minority images that `draws` (len(models), batch) marks take it (no host
+    sync per batch); is_minority and cfgs are those of `models`. Returns (x, the attacked mask (len(models), batch))."""
+    mask = is_minority.gather(1, y[models]) & draws
+    x = x.clone()
+    kinds = [(cfg.get("steps", 1), bool(cfg.get("targeted"))) for cfg in cfgs]  # FGSM steps, targeted
+    for steps, targeted in sorted(set(kinds)):  # one fgsm() per attack kind; eps may differ between models
+        rows = [i for i, kind in enumerate(kinds) if kind == (steps, targeted)]
+        chosen = [models[i] for i in rows]
+        sub_params = {k: v.detach()[chosen] for k, v in params.items()}
+        sub_buffers = {k: v[chosen] for k, v in buffers.items()}
+        eps = torch.tensor([float(cfgs[i]["eps"]) for i in rows], device=x.device).view(-1, *[1] * (x.dim() - 1))
+        majority = ~is_minority[rows].unsqueeze(1) if targeted else None
+        adv = fgsm(lambda z: forward(sub_params, sub_buffers, z), x[chosen], y[chosen], eps, steps, majority)
+        x[chosen] = torch.where(mask[rows].view(*mask[rows].shape, *[1] * (x.dim() - 2)), adv, x[chosen])
+    return x, mask
+
+
 METHODS = {
     "base": Method(keep_all),
     "ros": Method(random_oversample),
-    "aos": Method(random_oversample, perturb=adversarial_minority),
+    "aos": Method(random_oversample, perturb=Perturb(minority_draw, adversarial_minority, adversarial_minority_stack)),
     "rus": Method(random_undersample),
     "smote": Method(keep_all, synthesize=smote),
     "reweight": Method(keep_all, loss=reweighted_ce),

@@ -16,9 +16,13 @@ import copy
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+if TYPE_CHECKING:  # the launcher imports this module before torch: the training core only where it trains
+    from aos_bench.train import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +83,22 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], max_models: 
     from aos_bench.job import set_up_job
     from aos_bench.stack import fit_stack
     from aos_bench.tracking import run_name
-    from aos_bench.train import planned_steps, training_set
+    from aos_bench.train import planned_steps, recipe_of, training_set
 
     jobs = [set_up_job(task, load=load) for task in tasks]
     sets = [training_set(j.x, j.y, j.method, j.cfg.method, j.subset.minority_classes, j.cfg.seed, j.cfg.train.epoch_size) for j in jobs]
+    recipe = recipe_of(jobs[0].cfg)  # one for the group: group_key holds what it reads
     results: list = [None] * len(jobs)
-    for stack in stacks([planned_steps(s.n_images, j.cfg.train) for s, j in zip(sets, jobs)], max_models):
+    for stack in stacks([planned_steps(s.n_images, recipe) for s in sets], max_models):
         members = [jobs[i] for i in stack]
         log.info("training a stack of %d: %s", len(stack), ", ".join(run_name(j.cfg) for j in members))
-        stats = fit_stack(
-            [j.model for j in members], [sets[i] for i in stack], [j.method for j in members], members[0].cfg.train,
-            [j.cfg.method for j in members], members[0].cfg.dataset.augment, name=f"stack of {len(stack)}",
-        )
+        stats = fit_stack([j.model for j in members], [sets[i] for i in stack], recipe, name=f"stack of {len(stack)}")
         for i, job_stats in zip(stack, stats):
             results[i] = log_job(jobs[i], configs[i], job_stats, len(stack))
     return results
 
 
-def log_job(job, config: DictConfig, stats: dict, stacked: int) -> float | BaseException:
+def log_job(job, config: DictConfig, stats: "RunStats", stacked: int) -> float | BaseException:
     """One trained job of a stack logged as its own run, FAILED with the error if its model diverged; its F1 or error."""
     import mlflow
 
@@ -108,10 +110,10 @@ def log_job(job, config: DictConfig, stats: dict, stacked: int) -> float | BaseE
     try:
         with job_run(job.cfg, job.tags) as active:
             log_environment(job, {"env.stacked_models": str(stacked)})
-            for epoch, values in enumerate(stats["epochs"]):
+            for epoch, values in enumerate(stats.epochs):
                 mlflow.log_metrics(values, step=epoch)
-            if stats["error"] is not None:
-                raise Diverged(stats["error"])
+            if stats.error is not None:
+                raise Diverged(stats.error)
             metrics = evaluate(job, stats)
     except Diverged as error:
         log.error("%s: %s", run_name(job.cfg), error)

@@ -7,16 +7,18 @@ image is already on the device, so a batch costs one gather, one conversion to f
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from aos_bench.errors import Diverged
+from aos_bench.errors import Diverged, UsageError
 from aos_bench.methods import Method
 from aos_bench.progress import duration
 
@@ -61,7 +63,7 @@ def epoch_batches(positions: torch.Tensor, n_images: int, batch_size: int, gen: 
 
 
 def augment_draws(n: int, flip: bool, crop_pad: int, gen: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The random part of augment() for `n` images: which to mirror (n, 1), and the (dy, dx) shifts (2, n, 1)."""
+    """The random part of the augmentation of `n` images: which to mirror (n, 1), and the (dy, dx) shifts (2, n, 1)."""
     mirror = (torch.rand(n, generator=gen, device=gen.device) < 0.5).view(n, 1) if flip else None
     shift = torch.randint(2 * crop_pad + 1, (2, n, 1), generator=gen, device=gen.device) if crop_pad else None
     return mirror, shift
@@ -84,28 +86,63 @@ def flip_shift(x: torch.Tensor, mirror: torch.Tensor | None, shift: torch.Tensor
     return x
 
 
-def augment(x: torch.Tensor, flip: bool, crop_pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and translations by up to crop_pad pixels (reflect padding), per image, of any dtype."""
-    return flip_shift(x, *augment_draws(len(x), flip, crop_pad, gen), crop_pad)
-
-
 def schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up over a `warmup` fraction of the steps, then linear decay to 0."""
     warm = max(1, round(warmup * total_steps))
     return lambda t: (t + 1) / warm if t < warm else max(0.0, (total_steps - t) / max(1, total_steps - warm))
 
 
-def make_optimizer(params: Iterable[torch.Tensor], cfg: Mapping, lr_scale: float = 1.0) -> torch.optim.SGD:
-    """Nesterov SGD with the recipe's peak learning rate (times a method's lr_scale), momentum and weight decay."""
-    lr = cfg["lr"] * lr_scale
-    return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], nesterov=True, weight_decay=cfg["weight_decay"])
+@dataclass(frozen=True)
+class Recipe:
+    """What fit() and fit_stack() train by, read once from a job's config (recipe_of): its train settings, the method's
+    lr_scale and the dataset's augmentation. A stack shares one (aos_bench.stacked groups jobs by these values)."""
+
+    batch_size: int  # images per optimizer step
+    epochs: int  # passes of epoch_size images
+    max_steps: int | None  # cap on the optimizer steps in all; None = epochs x steps per epoch
+    lr: float  # the recipe's peak SGD learning rate (before lr_scale)
+    momentum: float  # Nesterov momentum
+    weight_decay: float  # L2 penalty on all parameters
+    warmup: float  # fraction of all steps spent warming up
+    clip_norm: float | None  # the gradient's largest global L2 norm; None = no clipping
+    precision: str  # auto | fp32 | bf16 (see resolve_precision)
+    compile: bool  # torch.compile the model
+    epoch_size: str  # balanced = N x largest class images an epoch | method = one pass over the method's set
+    lr_scale: float = 1.0  # the method's factor on lr (conf/method/reweight.yaml); 1 = the recipe's lr
+    flip: bool = False  # mirror each image with probability 1/2
+    crop_pad: int = 0  # translate each image by up to this many pixels (reflect padding)
+
+
+def recipe_of(cfg: Mapping) -> Recipe:
+    """The Recipe of a job's config: its `train` keys, `method.lr_scale` (1 when absent) and `dataset.augment`."""
+    train, augment = cfg["train"], cfg["dataset"]["augment"]
+    return Recipe(
+        batch_size=train["batch_size"], epochs=train["epochs"], max_steps=train["max_steps"], lr=train["lr"],
+        momentum=train["momentum"], weight_decay=train["weight_decay"], warmup=train["warmup"], clip_norm=train["clip_norm"],
+        precision=train["precision"], compile=train["compile"], epoch_size=train["epoch_size"],
+        lr_scale=cfg["method"].get("lr_scale", 1.0), flip=augment["flip"], crop_pad=augment["crop_pad"],
+    )
+
+
+def make_optimizer(params: Iterable[torch.Tensor], recipe: Recipe) -> torch.optim.SGD:
+    """Nesterov SGD with the recipe's peak learning rate (times its lr_scale), momentum and weight decay."""
+    lr = recipe.lr * recipe.lr_scale
+    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate over the run's `total` optimizer steps: schedule()'s warm-up and decay by the recipe."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, recipe.warmup))
 
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """What one model trains on, drawn before its first step: the method's images and labels (SMOTE adds some), their
-    class sizes, the minority mask, the epoch's positions into them, the images per epoch and the run's generator."""
+    """What one model trains on, drawn before its first step: the method (and its config) it trains with, the method's
+    images and labels (SMOTE adds some), their class sizes, the minority mask, the epoch's positions into them, the
+    images per epoch and the run's generator (every random draw of training but the model's own, e.g. dropout)."""
 
+    method: Method
+    method_cfg: Mapping
     x: torch.Tensor
     y: torch.Tensor
     counts: torch.Tensor  # the training set's class sizes, which loss-based methods weigh by
@@ -125,92 +162,186 @@ def training_set(
     is_minority = torch.zeros(int(y.max()) + 1, dtype=torch.bool, device=x.device)
     is_minority[minority_classes] = True
     positions = method.resample(y, gen)
-    return TrainingSet(x, y, torch.bincount(y), is_minority, positions, epoch_images(y, positions, epoch_size), gen)
+    return TrainingSet(method, method_cfg, x, y, torch.bincount(y), is_minority, positions, epoch_images(y, positions, epoch_size), gen)
 
 
-def planned_steps(n_images: int, cfg: Mapping) -> tuple[int, int]:
-    """(steps per epoch, steps in all) for `n_images` an epoch under the train config (train.max_steps caps the total)."""
-    steps_per_epoch = math.ceil(n_images / cfg["batch_size"])
-    total = steps_per_epoch * cfg["epochs"]
-    return steps_per_epoch, total if cfg["max_steps"] is None else min(total, cfg["max_steps"])
+def planned_steps(n_images: int, recipe: Recipe) -> tuple[int, int]:
+    """(steps per epoch, steps in all) for `n_images` an epoch under the recipe (its max_steps caps the total)."""
+    steps_per_epoch = math.ceil(n_images / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    return steps_per_epoch, total if recipe.max_steps is None else min(total, recipe.max_steps)
+
+
+# The random draws of training, each from the model's own generator, in this order (fit() and fit_stack() both draw
+# through epoch_draws and step_draws, so that a stacked model's draws are those of its separate job):
+# 1. an epoch: the method's resample (at redraw, from the second epoch on), then the order of the epoch's images;
+# 2. a step: the augmentation's mirror and shift, then the method's perturb draws.
+def epoch_draws(ts: TrainingSet, positions: torch.Tensor, epoch: int, recipe: Recipe) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """An epoch's draws: (the positions it runs over, a redraw's or `positions`, and its batches of positions)."""
+    if ts.method_cfg.get("redraw") and epoch:
+        positions = ts.method.resample(ts.y, ts.gen)
+    return positions, epoch_batches(positions, ts.n_images, recipe.batch_size, ts.gen)
+
+
+@dataclass(frozen=True)
+class StepDraws:
+    """A step's draws for its batch: which images to mirror (n, 1), their (dy, dx) shifts (2, n, 1), the perturb hook's."""
+
+    mirror: torch.Tensor | None
+    shift: torch.Tensor | None
+    perturb: torch.Tensor | None
+
+
+def step_draws(ts: TrainingSet, n: int, recipe: Recipe) -> StepDraws:
+    """A step's draws for a batch of n images: the augmentation's, then the method's perturb hook's (where it has one)."""
+    mirror, shift = augment_draws(n, recipe.flip, recipe.crop_pad, ts.gen)
+    perturb = ts.method.perturb.draw(n, ts.method_cfg, ts.gen) if ts.method.perturb is not None else None
+    return StepDraws(mirror, shift, perturb)
+
+
+@dataclass
+class RunStats:
+    """A training run's statistics, filled epoch by epoch (fit() one, fit_stack() one per model); aos_bench.job and
+    aos_bench.stacked log them."""
+
+    class_counts: list[int]  # images per class of the method's set (the first epoch's positions)
+    losses: torch.Tensor  # every step's training loss, on the training device
+    train_steps: int = 0  # optimizer steps taken
+    epochs: list[dict[str, float]] = field(default_factory=list)  # each epoch's logged values (train_loss, ...)
+    examples: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (clean, attacked, label) for adversarial_examples.png
+    error: str | None = None  # fit_stack(): the model's divergence message (fit() raises Diverged instead)
+    resumed_epochs: int = 0  # epochs that a stopped run trained before this one resumed from its checkpoint
+
+
+def new_stats(ts: TrainingSet) -> RunStats:
+    """The statistics of a run on `ts` before its first step."""
+    return RunStats(torch.bincount(ts.y[ts.positions]).tolist(), torch.zeros(0, device=ts.x.device))
+
+
+def end_epoch(stats: RunStats, losses: torch.Tensor, steps: int, values: dict[str, float] | None) -> None:
+    """An epoch of `steps` steps (their `losses`) into `stats`, with its logged `values` (None: not logged)."""
+    stats.train_steps += steps
+    stats.losses = torch.cat([stats.losses, losses[:steps]])
+    if values is not None:
+        stats.epochs.append(values)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save `state` to `path` atomically: a temporary file beside it, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def run_state(epoch: int, positions: torch.Tensor, total: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator, stats: RunStats) -> dict:
+    """Everything fit() needs to go on after `epoch` (counted from 0): the next epoch, the positions, the planned
+    steps, the model, optimizer and scheduler states, the random generators' states and the statistics so far."""
+    cuda = gen.device.type == "cuda"
+    return {
+        "epoch": epoch + 1, "total": total, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "positions": positions,  # the epoch's: a redraw's, else the method's first draw (training_set's, drawn again on resume)
+        "scheduler": scheduler.state_dict(), "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),  # the global generators: a model's own draws (dropout) come from them
+        "cuda_rng": torch.cuda.get_rng_state(gen.device) if cuda else None,
+        "stats": {f.name: getattr(stats, f.name) for f in fields(stats)},
+    }
+
+
+def resume(path: Path, total: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> tuple[int, torch.Tensor, RunStats]:
+    """Load run_state's file at `path` into the model, optimizer, scheduler and generators; (next epoch, positions, statistics)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)  # the states load onto their tensors' devices
+    if state["total"] != total:
+        raise UsageError(f"{path}: a checkpoint of a run of {state['total']} steps, not {total}; delete it to train from the start")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], gen.device)
+    stats = RunStats(**state["stats"] | {"losses": state["stats"]["losses"].to(gen.device), "resumed_epochs": state["epoch"]})
+    log.info("resumed from %s: %d epochs done", path, state["epoch"])
+    return state["epoch"], state["positions"].to(gen.device), stats
 
 
 def fit(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    method: Method,
-    cfg: Mapping,
-    method_cfg: Mapping,
-    augment_cfg: Mapping,
-    minority_classes: list[int],
-    seed: int,
-    on_epoch: Callable[[int, dict], None] = lambda epoch, stats: None,
+    ts: TrainingSet,
+    recipe: Recipe,
+    on_epoch: Callable[[int, dict], None] = lambda epoch, values: None,
     progress: bool = False,
     name: str = "",
-) -> dict:
-    """Train `model` in place on uint8 images `x` (on the training device) with labels `y`; returns the run's statistics.
-    Without a progress bar, each epoch logs a line that starts with `name` (the run's: parallel jobs share one log)."""
-    device = x.device
-    ts = training_set(x, y, method, method_cfg, minority_classes, seed, cfg["epoch_size"])
-    x, y, gen, positions, n_images = ts.x, ts.y, ts.gen, ts.positions, ts.n_images
-    forward = torch.compile(model) if cfg["compile"] else model  # the attack keeps the eager model
-    steps_per_epoch, total = planned_steps(n_images, cfg)
-    optimizer = make_optimizer(model.parameters(), cfg, method_cfg.get("lr_scale", 1.0))  # a per-method setting: conf/method/reweight.yaml
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, cfg["warmup"]))
-    stats: dict = {"train_steps": 0, "examples": None, "class_counts": torch.bincount(y[positions]).tolist(), "losses": []}
-    epochs = tqdm(range(cfg["epochs"]), desc="epochs", disable=not progress, leave=False)
-    start = time.perf_counter()
+    checkpoint: Path | None = None,
+) -> RunStats:
+    """Train `model` in place on `ts` (on the training device) by `recipe`; returns the run's statistics. Without a
+    progress bar, each epoch logs a line that starts with `name` (the run's: parallel jobs share one log). With a
+    `checkpoint` path, the run's state is saved there after each epoch but the last, training resumes from it when
+    it is there, and it is removed when training ends."""
+    device, x, y, method = ts.x.device, ts.x, ts.y, ts.method
+    forward = torch.compile(model) if recipe.compile else model  # the attack keeps the eager model
+    steps_per_epoch, total = planned_steps(ts.n_images, recipe)
+    optimizer = make_optimizer(model.parameters(), recipe)
+    scheduler = make_scheduler(optimizer, recipe, total)
+    first, positions, stats = 0, ts.positions, new_stats(ts)
+    if checkpoint is not None and checkpoint.exists():
+        first, positions, stats = resume(checkpoint, total, model, optimizer, scheduler, ts.gen)
+    epochs = tqdm(range(first, recipe.epochs), desc="epochs", disable=not progress, leave=False)
+    start, steps_before = time.perf_counter(), stats.train_steps
     for epoch in epochs:
-        if method_cfg.get("redraw") and epoch:
-            positions = method.resample(y, gen)
+        positions, batches = epoch_draws(ts, positions, epoch, recipe)
         losses = torch.zeros(steps_per_epoch, device=device)  # on the device: checked once an epoch, no sync per step
         clipped = torch.zeros((), dtype=torch.int64, device=device)
-        adv_images = 0
+        adv_images, step = 0, 0  # step: within the epoch
         model.train()
-        for idx in epoch_batches(positions, n_images, cfg["batch_size"], gen):
-            if stats["train_steps"] == total:
+        for idx in batches:
+            if stats.train_steps + step == total:
                 break
-            xb, yb = to_input(augment(x[idx], augment_cfg["flip"], augment_cfg["crop_pad"], gen)), y[idx]  # augmented as bytes
+            draws = step_draws(ts, len(idx), recipe)
+            xb, yb = to_input(flip_shift(x[idx], draws.mirror, draws.shift, recipe.crop_pad)), y[idx]  # augmented as bytes
             if method.perturb is not None:
                 clean = xb
-                with autocast(device, cfg["precision"]):
-                    xb, attacked = method.perturb(model, xb, yb, ts.is_minority, method_cfg, gen)
+                with autocast(device, recipe.precision):
+                    xb, attacked = method.perturb.batch(model, xb, yb, ts.is_minority, ts.method_cfg, draws.perturb)
                 adv_images += len(attacked)
-                if stats["examples"] is None and len(attacked):
+                if stats.examples is None and len(attacked):
                     keep = attacked[:EXAMPLES]
-                    stats["examples"] = (clean[keep].float().cpu(), xb[keep].float().cpu(), yb[keep].cpu())
-            with autocast(device, cfg["precision"]):
+                    stats.examples = (clean[keep].float().cpu(), xb[keep].float().cpu(), yb[keep].cpu())
+            with autocast(device, recipe.precision):
                 logits = forward(xb)
                 if method.loss is None:
                     loss = F.cross_entropy(logits, yb)
                 else:
-                    loss = method.loss(logits.float(), yb, ts.counts, method_cfg, stats["train_steps"] / total)
+                    loss = method.loss(logits.float(), yb, ts.counts, ts.method_cfg, (stats.train_steps + step) / total)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg["clip_norm"] is not None:
-                clipped += nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_norm"]) > cfg["clip_norm"]
+            if recipe.clip_norm is not None:
+                clipped += nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_norm) > recipe.clip_norm
             optimizer.step()
             scheduler.step()
-            losses[stats["train_steps"] - epoch * steps_per_epoch] = loss.detach()
-            stats["train_steps"] += 1
-        steps = stats["train_steps"] - epoch * steps_per_epoch
-        stats["losses"].append(losses[:steps])
-        epoch_stats = {"train_loss": losses.sum().item() / max(1, steps)}  # the epoch's one host sync
-        if not math.isfinite(epoch_stats["train_loss"]):
-            raise diverged(losses, epoch * steps_per_epoch, cfg["lr"])
-        if cfg["clip_norm"] is not None:
-            epoch_stats["clipped_steps"] = clipped.item()  # steps whose gradient was rescaled
+            losses[step] = loss.detach()
+            step += 1
+        values = {"train_loss": losses.sum().item() / max(1, step)}  # the epoch's one host sync
+        if not math.isfinite(values["train_loss"]):
+            raise diverged(losses, epoch * steps_per_epoch, recipe.lr)
+        if recipe.clip_norm is not None:
+            values["clipped_steps"] = clipped.item()  # steps whose gradient was rescaled
         if method.perturb is not None:
-            epoch_stats["adv_images"] = adv_images
-        epochs.set_postfix(loss=f"{epoch_stats['train_loss']:.3f}")
-        on_epoch(epoch, epoch_stats)
+            values["adv_images"] = adv_images
+        end_epoch(stats, losses, step, values)
+        epochs.set_postfix(loss=f"{values['train_loss']:.3f}")
+        on_epoch(epoch, values)
         if not progress:  # no bar (a multirun, no terminal): one line per epoch instead
-            line = epoch_line(epoch, cfg["epochs"], epoch_stats["train_loss"], stats["train_steps"], total, time.perf_counter() - start)
+            line = epoch_line(epoch, recipe.epochs, values["train_loss"], stats.train_steps - steps_before, total - steps_before, time.perf_counter() - start)
             log.info(f"{name}: {line}" if name else line)
-        if stats["train_steps"] == total:
+        if stats.train_steps == total:
             break
-    stats["losses"] = torch.cat(stats["losses"])  # every step's training loss, on the device
+        if checkpoint is not None:  # after on_epoch: an epoch saved has been logged
+            save_checkpoint(checkpoint, run_state(epoch, positions, total, model, optimizer, scheduler, ts.gen, stats))
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return stats
 
 

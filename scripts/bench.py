@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,7 +48,7 @@ from aos_bench.models import build_model
 from aos_bench.paths import CONFIG_DIR
 from aos_bench.runtime import pick_device
 from aos_bench.tracking import job_run
-from aos_bench.train import autocast, epoch_images, fit, make_optimizer
+from aos_bench.train import autocast, epoch_images, fit, make_optimizer, recipe_of, training_set
 
 ROOT = Path(__file__).resolve().parents[1]
 AOS_BUDGET = 0.75  # goal: AOS time per image <= (1 + AOS_BUDGET * attacked fraction) x ROS time per image
@@ -136,7 +137,7 @@ def limit_seconds(cfg: DictConfig, data: ImageData, device: torch.device, plain:
     """Seconds per step on one fixed normalised batch: suite's format and precision, or (plain) fp32 and default format."""
     model = new_model(cfg, data, device)
     net = model[1].to(memory_format=torch.contiguous_format) if plain else model[1]
-    optimizer = make_optimizer(net.parameters(), cfg.train)
+    optimizer = make_optimizer(net.parameters(), recipe_of(cfg))
     x = model[0](data.train_x[: args.batch_size].to(device).float() / 255)
     x = x.contiguous(memory_format=torch.contiguous_format if plain else torch.channels_last)
     y = data.train_y[: args.batch_size].to(device)
@@ -196,7 +197,7 @@ def reference_seconds(
 ) -> float:
     """Seconds per step of the plain pipeline: DataLoader batches, fp32, default memory format; FGSM for aos."""
     net = new_model(cfg, data, device)[1].to(memory_format=torch.contiguous_format)
-    optimizer = make_optimizer(net.parameters(), cfg.train)
+    optimizer = make_optimizer(net.parameters(), recipe_of(cfg))
     batches = itertools.chain.from_iterable(itertools.repeat(reference_loader(dataset, indices, cfg, args.workers)))
     mean, std = (torch.tensor(list(v), device=device).view(1, -1, 1, 1) for v in (cfg.dataset.mean, cfg.dataset.std))
     box = (-mean / std, (1 - mean) / std)  # [0, 1] pixels in normalised units
@@ -227,8 +228,8 @@ def suite_seconds(
         sync(device)
         start = time.perf_counter()
         fit(
-            model, x, y, method, {**cfg.train, "max_steps": steps}, cfg.method, cfg.dataset.augment, minority, cfg.seed,
-            on_epoch=lambda epoch, stats: attacked.append(stats.get("adv_images", 0)),
+            model, training_set(x, y, method, cfg.method, minority, cfg.seed, cfg.train.epoch_size),
+            replace(recipe_of(cfg), max_steps=steps), on_epoch=lambda epoch, values: attacked.append(values.get("adv_images", 0)),
         )
         sync(device)
         return time.perf_counter() - start

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -37,7 +38,7 @@ from aos_bench.paths import CONFIG_DIR
 from aos_bench.runtime import pick_device
 from aos_bench.stack import fit_stack
 from aos_bench.sweep import job_overrides
-from aos_bench.train import TrainingSet, epoch_images, planned_steps, training_set
+from aos_bench.train import TrainingSet, epoch_images, planned_steps, recipe_of, training_set
 from bench import ROOT, machine, new_model, shared_options, suite_seconds, sync, write_section  # scripts/bench.py, beside this file
 
 RANDOM_PIXELS = {  # datasets stood in for by random uint8 pixels: (channels, training images per class)
@@ -115,7 +116,7 @@ def stack_seconds(cfg: DictConfig, data: ImageData, device: torch.device, models
     def run(steps: int) -> float:
         sync(device)
         start = time.perf_counter()
-        fit_stack(nets, sets, [method] * models, {**cfg.train, "max_steps": steps}, [cfg.method] * models, cfg.dataset.augment)
+        fit_stack(nets, sets, replace(recipe_of(cfg), max_steps=steps))
         sync(device)
         return time.perf_counter() - start
 
@@ -170,7 +171,7 @@ def job_steps(cfg: DictConfig, data: ImageData) -> int:
     subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
     y = data.train_y[subset.indices]
     positions = get_method(cfg.method.name).resample(y, torch.Generator().manual_seed(cfg.seed))
-    return planned_steps(epoch_images(y, positions, cfg.train.epoch_size), cfg.train)[1]
+    return planned_steps(epoch_images(y, positions, cfg.train.epoch_size), recipe_of(cfg))[1]
 
 
 def projection(results: dict, data: dict[str, ImageData], models: int) -> dict:

@@ -30,6 +30,17 @@ def make_config(*overrides: str) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
+def fit_config(model: torch.nn.Module, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, minority: list[int], seed: int,
+               method=None, **options):
+    """aos_bench.train.fit of `model` on (x, y) as a job of `cfg` trains it: the config's method (or `method`), its
+    recipe, `seed`; `options` are fit()'s keywords. Returns its RunStats."""
+    from aos_bench.methods import get_method
+    from aos_bench.train import fit, recipe_of, training_set
+
+    method = method or get_method(cfg.method.name)
+    return fit(model, training_set(x, y, method, cfg.method, minority, seed, cfg.train.epoch_size), recipe_of(cfg), **options)
+
+
 @pytest.fixture(autouse=True)
 def restore_tracking_uri() -> Iterator[None]:
     """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: undo that after each test, so that a store of an

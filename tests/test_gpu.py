@@ -3,7 +3,7 @@
 import mlflow
 import pytest
 import torch
-from conftest import DATA, make_config, needs
+from conftest import DATA, fit_config, make_config, needs
 
 from aos_bench import job, train
 from aos_bench.data import ImageData, load_data
@@ -30,11 +30,10 @@ def new_model(cfg, data: ImageData, device: torch.device) -> torch.nn.Module:
     return model.to(device, memory_format=torch.channels_last)
 
 
-def fit_on_cuda(cfg, data: ImageData, subset: Subset, model: torch.nn.Module) -> dict:
+def fit_on_cuda(cfg, data: ImageData, subset: Subset, model: torch.nn.Module) -> train.RunStats:
     """fit() `model` on the subset, held on the GPU."""
     x, y = data.train_x[subset.indices].to(CUDA), data.train_y[subset.indices].to(CUDA)
-    method = get_method(cfg.method.name)
-    return train.fit(model, x, y, method, cfg.train, cfg.method, cfg.dataset.augment, subset.minority_classes, cfg.seed)
+    return fit_config(model, cfg, x, y, subset.minority_classes, cfg.seed)
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -47,11 +46,11 @@ def test_one_bf16_training_step_of_each_method(dataset, method):
     dtypes = []
     model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
     stats = fit_on_cuda(cfg, data, subset, model)
-    assert stats["train_steps"] == 1
+    assert stats.train_steps == 1
     assert dtypes and set(dtypes) == {torch.bfloat16}  # precision=auto: bf16 autocast on CUDA, the attack's forward too
     assert all(torch.isfinite(param).all() for param in model.parameters())
     assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
-    assert (stats["examples"] is not None) == (method == "aos")
+    assert (stats.examples is not None) == (method == "aos")
     if method == "aos":
         assert len(dtypes) == 2  # the attack's forward and the step's
 
@@ -111,18 +110,16 @@ def test_a_stack_on_cuda_trains_each_model_as_its_separate_fit(dataset):
 
     jobs = [("base", 0), ("ros", 1), ("aos", 2), ("focal", 3)]
     shared = (f"dataset={dataset}", "train.max_steps=8", "train.batch_size=64", "train.precision=fp32")
-    alone, models, sets, methods, cfgs = [], [], [], [], []
+    alone, models, sets = [], [], []
     for name, seed in jobs:
         attack_all = ["method.p=1"] if name == "aos" else []
         cfg, data, subset = prepared(*shared, f"method={name}", f"seed={seed}", *attack_all)
         alone.append(fit_on_cuda(cfg, data, subset, new_model(cfg, data, CUDA)))
         x, y = data.train_x[subset.indices].to(CUDA), data.train_y[subset.indices].to(CUDA)
         models.append(new_model(cfg, data, CUDA))
-        methods.append(get_method(name))
-        cfgs.append(cfg.method)
-        sets.append(train.training_set(x, y, methods[-1], cfg.method, subset.minority_classes, seed, cfg.train.epoch_size))
-    together = fit_stack(models, sets, methods, cfg.train, cfgs, cfg.dataset.augment)
+        sets.append(train.training_set(x, y, get_method(name), cfg.method, subset.minority_classes, seed, cfg.train.epoch_size))
+    together = fit_stack(models, sets, train.recipe_of(cfg))
     for (name, _), one, joint in zip(jobs, alone, together):
-        assert joint["train_steps"] == one["train_steps"] == 8 and joint["class_counts"] == one["class_counts"]
-        assert ((joint["losses"][:4] - one["losses"][:4]).abs() / one["losses"][:4].abs()).max() < 1e-2, name
-        assert (joint["examples"] is not None) == (name == "aos")
+        assert joint.train_steps == one.train_steps == 8 and joint.class_counts == one.class_counts
+        assert ((joint.losses[:4] - one.losses[:4]).abs() / one.losses[:4].abs()).max() < 1e-2, name
+        assert (joint.examples is not None) == (name == "aos")

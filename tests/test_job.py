@@ -12,7 +12,7 @@ import pytest
 from conftest import DATA, ROOT, make_config, needs
 
 from aos_bench import job
-from aos_bench.tracking import Terminated
+from aos_bench.tracking import Terminated, config_hash
 
 REAL_PREDICT = job.predict
 ARTIFACTS = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}
@@ -116,6 +116,35 @@ def test_a_run_that_raises_ends_failed_with_the_error(tmp_path, monkeypatch):
     table = mlflow.search_runs(experiment_names=["aos_bench"])
     assert table["status"].tolist() == ["FAILED"]
     assert table["tags.error"].iloc[0] == "RuntimeError: evaluation broke"
+
+
+def test_a_stopped_job_resumes_from_its_checkpoint_in_a_new_run_that_logs_only_the_epochs_it_trains(tmp_path, monkeypatch):
+    args = ["dataset=synthetic", "method=aos", "train.epochs=3", "train.batch_size=128", f"tracking.checkpoint_dir={tmp_path}/checkpoints"]
+    twin = job.run(make_config(*args, f"tracking.uri=sqlite:///{tmp_path}/twin.db"))  # never stopped
+    cfg = make_config(*args, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    log_metrics = mlflow.log_metrics
+
+    def ctrl_c_after_second_epoch(values: dict, step: int | None = None, **kwargs) -> None:
+        log_metrics(values, step=step, **kwargs)
+        if step == 1:
+            raise KeyboardInterrupt  # after its values are logged, before its state is saved
+
+    monkeypatch.setattr(mlflow, "log_metrics", ctrl_c_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        job.run(cfg)
+    monkeypatch.undo()
+    assert [path.name for path in (tmp_path / "checkpoints").iterdir()] == [f"{config_hash(cfg)}.pt"]
+    assert job.run(cfg) == twin  # the same command: the same test metrics as the run that never stopped
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    stopped, resumed = sorted(client.search_runs(client.get_experiment_by_name("aos_bench").experiment_id, ""), key=lambda r: r.info.start_time)
+    assert (stopped.info.status, resumed.info.status) == ("KILLED", "FINISHED")
+    assert resumed.data.tags["resumed_epochs"] == "1" and "resumed_epochs" not in stopped.data.tags
+    history = {run: {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train_loss")} for run in (stopped, resumed)}
+    assert sorted(history[stopped]) == [0, 1] and sorted(history[resumed]) == [1, 2]  # epoch 1 was logged, not saved
+    twin_client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/twin.db")
+    (twin_run,) = twin_client.search_runs(twin_client.get_experiment_by_name("aos_bench").experiment_id, "")
+    assert {m.step: m.value for m in twin_client.get_metric_history(twin_run.info.run_id, "train_loss")} == history[stopped] | history[resumed]
 
 
 class SignalledStream:

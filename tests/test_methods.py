@@ -72,7 +72,8 @@ def attack_batch(n: int = 4000, p: float = 0.3, seed: int = 0):
     y = torch.randint(4, (n,), generator=gen)
     is_minority = torch.tensor([False, True, False, True])
     model = small_model()
-    x_new, attacked = get_method("aos").perturb(model, x, y, is_minority, {"p": p, "eps": EPS}, gen)
+    perturb, cfg = get_method("aos").perturb, {"p": p, "eps": EPS}
+    x_new, attacked = perturb.batch(model, x, y, is_minority, cfg, perturb.draw(n, cfg, gen))
     return model, x, y, x_new, attacked, is_minority
 
 

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_config
+from conftest import ROOT, fit_config, make_config
 
 from aos_bench import stack, train
+from aos_bench.checks import stack_problem
 from aos_bench.data import load_data
 from aos_bench.imbalance import make_subset
-from aos_bench.methods import Method, get_method, keep_all
+from aos_bench.errors import UsageError
+from aos_bench.methods import Method, Perturb, adversarial_minority, get_method, keep_all, minority_draw, random_oversample
 from aos_bench.models import build_model
 from aos_bench.report.stats import noise
 
@@ -40,30 +42,31 @@ def job_inputs(name: str, seed: int, extra: tuple, threads: int = 1) -> tuple:
     return cfg, model.to(memory_format=torch.channels_last), data.train_x[subset.indices], data.train_y[subset.indices], subset.minority_classes
 
 
-def stacked(jobs: list[tuple], methods: list[Method]) -> tuple[list[dict], list]:
+def stacked(jobs: list[tuple], methods: list[Method]) -> tuple[list[train.RunStats], list]:
     """fit_stack() over `jobs` (job_inputs tuples) with `methods`; each model's statistics, and the models."""
     sets = [train.training_set(x, y, m, cfg.method, minority, cfg.seed, cfg.train.epoch_size) for (cfg, _, x, y, minority), m in zip(jobs, methods)]
     models = [job[1] for job in jobs]
-    return stack.fit_stack(models, sets, methods, jobs[0][0].train, [job[0].method for job in jobs], jobs[0][0].dataset.augment), models
+    return stack.fit_stack(models, sets, train.recipe_of(jobs[0][0])), models
 
 
 def test_a_stack_trains_each_model_as_its_separate_job_up_to_float_order():
     separate, inputs = [], []
     for name, seed, extra in JOBS:
         cfg, model, x, y, minority = job_inputs(name, seed, extra)
-        separate.append(train.fit(model, x, y, get_method(name), cfg.train, cfg.method, cfg.dataset.augment, minority, seed))
+        separate.append(fit_config(model, cfg, x, y, minority, seed))
         inputs.append(job_inputs(name, seed, extra))
     together, _ = stacked(inputs, [get_method(name) for name, _, _ in JOBS])
     for (name, seed, _), alone, joint in zip(JOBS, separate, together):
-        assert joint["train_steps"] == alone["train_steps"] == 40
-        assert joint["class_counts"] == alone["class_counts"]  # the same resampled set
-        first = alone["losses"][:10]
-        assert ((joint["losses"][:10] - first).abs() / first.abs()).max() < STEP_TOLERANCE, (name, seed)
-        assert [e.keys() for e in joint["epochs"]] == [{"train_loss", "clipped_steps"} | ({"adv_images"} if name == "aos" else set())] * len(joint["epochs"])
+        assert joint.train_steps == alone.train_steps == 40
+        assert joint.class_counts == alone.class_counts  # the same resampled set
+        first = alone.losses[:10]
+        assert ((joint.losses[:10] - first).abs() / first.abs()).max() < STEP_TOLERANCE, (name, seed)
+        assert [e.keys() for e in joint.epochs] == [e.keys() for e in alone.epochs]
+        assert [e.keys() for e in joint.epochs] == [{"train_loss", "clipped_steps"} | ({"adv_images"} if name == "aos" else set())] * len(joint.epochs)
         if name == "aos":  # the same attacked images: the same draws picked them, FGSM made the same pixels of them
-            assert joint["epochs"][0]["adv_images"] > 0
-            assert torch.equal(joint["examples"][2], alone["examples"][2])
-            assert (joint["examples"][1] - alone["examples"][1]).abs().max() < 1e-6
+            assert [e["adv_images"] for e in joint.epochs] == [e["adv_images"] for e in alone.epochs] and joint.epochs[0]["adv_images"] > 0
+            assert torch.equal(joint.examples[2], alone.examples[2])
+            assert (joint.examples[1] - alone.examples[1]).abs().max() < 1e-6
 
 
 def test_each_model_of_a_stack_is_clipped_as_clip_grad_norm_clips_it_alone():
@@ -89,8 +92,14 @@ def test_a_diverged_model_fails_alone_and_the_others_train_on():
 
     jobs = [job_inputs("base", 0, ()), job_inputs("base", 1, ())]
     together, _ = stacked(jobs, [get_method("base"), Method(keep_all, loss=blows_up)])
-    assert together[0]["error"] is None and torch.isfinite(together[0]["losses"]).all()
-    assert "the training loss is inf at step 22" in together[1]["error"]
+    assert together[0].error is None and torch.isfinite(together[0].losses).all()
+    assert "the training loss is inf at step 22" in together[1].error
+
+
+def test_a_perturbing_method_without_a_stacked_form_is_refused_before_a_step():
+    no_stacked_form = Method(random_oversample, Perturb(minority_draw, adversarial_minority))  # a hook for fit() only
+    with pytest.raises(UsageError, match=r"^method.name=aos: hydra/launcher=stacked has no stacked form of its perturb hook; run it"):
+        stacked([job_inputs("base", 0, ()), job_inputs("aos", 1, ())], [get_method("base"), no_stacked_form])
 
 
 def sweep(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
@@ -140,6 +149,13 @@ def test_a_network_with_batchnorm_is_refused_in_one_line_before_any_run(tmp_path
     assert done.returncode == 2
     assert done.stdout.strip().splitlines()[-1].startswith("aos_bench: model.arch=convnet: hydra/launcher=stacked trains")
     assert not (tmp_path / "mlflow.db").exists() or runs_of(tmp_path) == []
+
+
+def test_a_checkpoint_folder_is_refused_for_the_stacked_launcher_in_one_line():
+    assert stack_problem(make_config("dataset=synthetic")) is None
+    assert stack_problem(make_config("dataset=synthetic", "tracking.checkpoint_dir=ckpt")) == (
+        "tracking.checkpoint_dir=ckpt: hydra/launcher=stacked saves no checkpoint (a stopped stack trains again); allowed with it: null"
+    )
 
 
 def test_the_noise_floor_sets_stacked_runs_against_separate_ones():

@@ -6,12 +6,13 @@ import sys
 
 import pytest
 import torch
-from conftest import DATA, ROOT, make_config, needs
+from conftest import DATA, ROOT, fit_config, make_config, needs
 
 from aos_bench import train
 from aos_bench.data import load_data
+from aos_bench.errors import UsageError
 from aos_bench.imbalance import make_subset
-from aos_bench.methods import Method, adversarial_minority, get_method, random_oversample
+from aos_bench.methods import Method, Perturb, adversarial_minority, get_method, minority_draw, random_oversample
 from aos_bench.models import build_model
 from aos_bench.runtime import cpu_kind
 
@@ -24,12 +25,12 @@ def image_keys(images: torch.Tensor) -> list[bytes]:
     return sorted(image.numpy().tobytes() for image in images)
 
 
-def run_fit(cfg, x: torch.Tensor, y: torch.Tensor, minority: list[int], method: Method, seed: int) -> dict:
+def run_fit(cfg, x: torch.Tensor, y: torch.Tensor, minority: list[int], method: Method, seed: int) -> train.RunStats:
     """fit() a fresh model of the config on (x, y)."""
     torch.manual_seed(seed)
     model = build_model(cfg.model, x.shape[1:], int(y.max()) + 1, cfg.dataset.mean, cfg.dataset.std)
     model = model.to(x.device, memory_format=torch.channels_last)
-    return train.fit(model, x, y, method, cfg.train, cfg.method, cfg.dataset.augment, minority, seed)
+    return fit_config(model, cfg, x, y, minority, seed, method)
 
 
 @needs("MNIST")
@@ -62,12 +63,12 @@ def test_an_epoch_visits_the_same_images_as_the_reference_dataloader(method, mon
 def recording_aos(steps: list[dict]) -> Method:
     """AOS whose attack also records, per step, the images it picks, what it made of them and the minority count."""
 
-    def perturb(model, x, y, is_minority, cfg, gen):
-        x_new, attacked = adversarial_minority(model, x, y, is_minority, cfg, gen)
+    def perturb(model, x, y, is_minority, cfg, draws):
+        x_new, attacked = adversarial_minority(model, x, y, is_minority, cfg, draws)
         steps.append({"clean": x[attacked].cpu(), "attacked": x_new[attacked].cpu(), "minority": int(is_minority[y].sum())})
         return x_new, attacked
 
-    return Method(random_oversample, perturb)
+    return Method(random_oversample, Perturb(minority_draw, perturb))
 
 
 def synthetic_aos(seed: int, device: str = "cpu") -> list[dict]:
@@ -100,8 +101,7 @@ def test_clip_norm_caps_the_step_and_the_run_counts_clipped_steps():
         model = build_model(cfg.model, x.shape[1:], 4, cfg.dataset.mean, cfg.dataset.std)
         before = torch.cat([param.detach().flatten().clone() for param in model.parameters()])
         epochs = []
-        train.fit(model, x, y, get_method(cfg.method.name), cfg.train, cfg.method, cfg.dataset.augment, [0], 0,
-                  on_epoch=lambda epoch, stats: epochs.append(stats))
+        fit_config(model, cfg, x, y, [0], 0, on_epoch=lambda epoch, values: epochs.append(values))
         moved[clip] = (torch.cat([param.detach().flatten() for param in model.parameters()]) - before).norm().item()
         assert ("clipped_steps" in epochs[0]) == (clip is not None)
     assert moved[None] > 0.05 and moved[0.01] == pytest.approx(0.01, rel=1e-4)
@@ -117,7 +117,7 @@ def test_reweight_trains_at_its_lr_scale_times_the_recipes_lr():
         cfg = make_config("dataset=synthetic", "method=reweight", f"train.lr={lr}", f"method.lr_scale={lr_scale}", "train.max_steps=3", "train.epochs=1")
         torch.manual_seed(0)
         model = build_model(cfg.model, x.shape[1:], 4, cfg.dataset.mean, cfg.dataset.std)
-        train.fit(model, x, y, get_method("reweight"), cfg.train, cfg.method, cfg.dataset.augment, [1, 2, 3], 0)
+        fit_config(model, cfg, x, y, [1, 2, 3], 0)
         trained[lr, lr_scale] = torch.cat([param.detach().flatten() for param in model.parameters()])
     assert make_config("method=reweight").method.lr_scale == 0.2
     assert torch.equal(trained[0.05, 0.5], trained[0.025, 1.0]) and not torch.equal(trained[0.05, 0.5], trained[0.05, 1.0])
@@ -173,7 +173,7 @@ def cpu_digests() -> dict[str, str]:
         torch.manual_seed(3)
         model = build_model(cfg.model, x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
         model = model.to(memory_format=torch.channels_last)
-        train.fit(model, x, y, get_method(name), cfg.train, cfg.method, cfg.dataset.augment, subset.minority_classes, 3)
+        fit_config(model, cfg, x, y, subset.minority_classes, 3)
         digests[name] = hashlib.sha256(b"".join(p.detach().contiguous().numpy().tobytes() for p in model.parameters())).hexdigest()[:16]
     return digests
 
@@ -187,3 +187,62 @@ def test_cpu_training_repeats_bit_for_bit_and_is_unchanged_on_a_pinned_processor
     if pins is None:
         pytest.skip(f"no pin for this processor ({kind}): repeatability checked, unchanged-ness not; pin {digests} to add it")
     assert digests == pins, f"the CPU path's numerics changed on {kind}: committed tables' runs no longer reproduce"
+
+
+class Stop(Exception):
+    """A stop after an epoch's values are logged (as Ctrl-C or SIGTERM would stop the job)."""
+
+
+# A schedule of 3 epochs with every kind of state a resume must restore: momentum, the warm-up's and decay's position,
+# the run's generator (AOS draws, flips, shifts), a redraw's positions, dropout's draws from the global generator.
+RESUMED = ("dataset=synthetic", "method=aos", "method.redraw=true", "model=allcnn", "model.widths=[4,8]", "train.epochs=3",
+           "train.epoch_size=method", "train.batch_size=128", "train.device=cpu", "dataset.augment.flip=true",
+           "dataset.augment.crop_pad=2", "train.clip_norm=1")
+
+
+def stop_at(stopped: int):
+    """An on_epoch that stops the run when epoch `stopped` (counted from 0) has been logged."""
+
+    def on_epoch(epoch: int, values: dict) -> None:
+        if epoch == stopped:
+            raise Stop
+
+    return on_epoch
+
+
+def allcnn_fit(cfg, init_seed: int, **options) -> tuple[torch.nn.Module, train.RunStats]:
+    """fit() RESUMED's job (seed 0) on a model initialised from init_seed; the model and its statistics."""
+    data = load_data(cfg.dataset, cfg.data_dir, cfg.cache_dir)
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed)
+    torch.manual_seed(init_seed)
+    model = build_model(cfg.model, data.train_x.shape[1:], len(data.classes), cfg.dataset.mean, cfg.dataset.std)
+    model = model.to(memory_format=torch.channels_last)
+    return model, fit_config(model, cfg, data.train_x[subset.indices], data.train_y[subset.indices], subset.minority_classes, 0, **options)
+
+
+def test_a_run_stopped_after_an_epoch_resumes_from_its_checkpoint_to_the_same_parameters(tmp_path):
+    torch.set_num_threads(1)
+    cfg, checkpoint = make_config(*RESUMED), tmp_path / "job.pt"
+    twin, twin_stats = allcnn_fit(cfg, 0, checkpoint=tmp_path / "twin.pt")  # saving changes nothing: a run that never stops
+    plain, plain_stats = allcnn_fit(cfg, 0)
+    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), plain.parameters()))
+    assert torch.equal(twin_stats.losses, plain_stats.losses) and twin_stats.epochs == plain_stats.epochs
+    assert not (tmp_path / "twin.pt").exists() and len(twin_stats.epochs) == 3
+    with pytest.raises(Stop):
+        allcnn_fit(cfg, 0, checkpoint=checkpoint, on_epoch=stop_at(1))
+    assert [path.name for path in tmp_path.iterdir()] == ["job.pt"]  # the first epoch's state, no temporary file
+    logged = []
+    resumed, stats = allcnn_fit(cfg, 1, checkpoint=checkpoint, on_epoch=lambda epoch, values: logged.append(epoch))  # any initial model
+    assert logged == [1, 2] and stats.resumed_epochs == 1 and not checkpoint.exists()
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), twin.parameters()))
+    assert torch.equal(stats.losses, twin_stats.losses) and stats.epochs == twin_stats.epochs
+    assert stats.train_steps == twin_stats.train_steps and stats.class_counts == twin_stats.class_counts
+    assert all(torch.equal(a, b) for a, b in zip(stats.examples, twin_stats.examples))
+
+
+def test_a_checkpoint_of_another_schedule_is_refused_in_one_line(tmp_path):
+    cfg = make_config(*RESUMED, "train.epochs=2")
+    with pytest.raises(Stop):
+        allcnn_fit(cfg, 0, checkpoint=tmp_path / "job.pt", on_epoch=stop_at(1))
+    with pytest.raises(UsageError, match=r"job.pt: a checkpoint of a run of \d+ steps, not \d+; delete it to train from the start$"):
+        allcnn_fit(make_config(*RESUMED, "train.epochs=2", "train.max_steps=5"), 0, checkpoint=tmp_path / "job.pt")
