@@ -107,12 +107,12 @@ def stacked_forward(models: Sequence[nn.Module]) -> tuple[Callable[..., torch.Te
     return torch.vmap(one), params, buffers
 
 
-def stack_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, draws: Sequence[StepDraws], crop_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, draws: Sequence[StepDraws], recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's batches, (models, batch, ...) floats and (models, batch) labels: one gather of rows `idx` of every
     model's images, augmented as bytes with each model's own draws."""
     mirror = torch.cat([d.mirror for d in draws]) if draws[0].mirror is not None else None
     shift = torch.cat([d.shift for d in draws], dim=1) if draws[0].shift is not None else None
-    x = to_input(flip_shift(x_all[idx.flatten()], mirror, shift, crop_pad))
+    x = to_input(flip_shift(x_all[idx.flatten()], mirror, shift, recipe.crop_pad, recipe.pad))
     return x.view(*idx.shape, *x.shape[1:]), y_all[idx]
 
 
@@ -145,7 +145,7 @@ def fit_stack(models: Sequence[nn.Module], sets: Sequence[TrainingSet], recipe: 
         raise ValueError("fit_stack: every model of a stack must train for the same number of steps")
     forward, params, buffers = stacked_forward(models)
     optimizer = make_optimizer(params.values(), recipe)  # one lr_scale per stack
-    scheduler = make_scheduler(optimizer, recipe, total)
+    scheduler = make_scheduler(optimizer, recipe, total, steps_per_epoch)
     offsets = [0, *torch.tensor([len(s.x) for s in sets]).cumsum(0).tolist()[:-1]]  # each model's images in one tensor
     x_all, y_all = torch.cat([s.x for s in sets]), torch.cat([s.y for s in sets])
     positions = [s.positions for s in sets]
@@ -165,7 +165,7 @@ def fit_stack(models: Sequence[nn.Module], sets: Sequence[TrainingSet], recipe: 
             if step == total:
                 break
             draws = [step_draws(s, len(i), recipe) for s, i in zip(sets, idx)]
-            xb, yb = stack_batch(x_all, y_all, torch.stack(idx), draws, recipe.crop_pad)
+            xb, yb = stack_batch(x_all, y_all, torch.stack(idx), draws, recipe)
             if attackers:
                 clean = xb
                 with autocast(device, recipe.precision):

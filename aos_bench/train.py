@@ -44,9 +44,12 @@ def to_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def epoch_images(labels: torch.Tensor, positions: torch.Tensor, epoch_size: str) -> int:
-    """Images per epoch: N x largest class (balanced: equal steps for every method) or one pass over the method's set."""
+    """Images per epoch: N x largest class (balanced: equal steps for every method), one pass over the method's set
+    (method), or the training set's size (dataset: equal steps too, as many as a pass over the imbalanced set)."""
     if epoch_size == "balanced":
         return int(torch.bincount(labels).max()) * int(labels.max() + 1)
+    if epoch_size == "dataset":
+        return len(labels)
     return len(positions)
 
 
@@ -69,18 +72,19 @@ def augment_draws(n: int, flip: bool, crop_pad: int, gen: torch.Generator) -> tu
     return mirror, shift
 
 
-def flip_shift(x: torch.Tensor, mirror: torch.Tensor | None, shift: torch.Tensor | None, crop_pad: int) -> torch.Tensor:
-    """Mirror the images `mirror` marks and translate each by its `shift` within reflect padding of crop_pad pixels."""
+def flip_shift(x: torch.Tensor, mirror: torch.Tensor | None, shift: torch.Tensor | None, crop_pad: int, pad: str = "reflect") -> torch.Tensor:
+    """Mirror the images `mirror` marks and translate each by its `shift` within a padding of crop_pad pixels: the
+    image reflected (reflect), or black (zeros: a random crop of the zero-padded image, as torchvision's RandomCrop)."""
     n, c, h, w = x.shape
     cols = torch.arange(w, device=x.device).expand(n, w)
     if mirror is not None:
         cols = torch.where(mirror, w - 1 - cols, cols)  # a mirrored image reads its columns right to left
     if shift is not None:
-        x = F.pad(x, (crop_pad,) * 4, mode="reflect")
+        x = F.pad(x, (crop_pad,) * 4, mode="reflect") if pad == "reflect" else F.pad(x, (crop_pad,) * 4)
         dy, dx = shift
         rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
         x = x.gather(2, rows.expand(n, c, h, w + 2 * crop_pad))
-        cols = cols + (torch.where(mirror, 2 * crop_pad - dx, dx) if mirror is not None else dx)  # reflect padding is mirror-symmetric
+        cols = cols + (torch.where(mirror, 2 * crop_pad - dx, dx) if mirror is not None else dx)  # either padding is mirror-symmetric
     if mirror is not None or shift is not None:
         x = x.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))  # flip and horizontal shift in one pass
     return x
@@ -92,6 +96,19 @@ def schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     return lambda t: (t + 1) / warm if t < warm else max(0.0, (total_steps - t) / max(1, total_steps - warm))
 
 
+def step_schedule(steps_per_epoch: int, warmup_epochs: int, milestones: tuple[int, ...], lr_decay: float) -> Callable[[int], float]:
+    """Learning-rate factor by epoch (Cao et al.'s): epoch e (from 0) of the first warmup_epochs at (e + 1) / warmup_epochs,
+    then lr_decay to the power of the milestones reached (an epoch >= a milestone has reached it)."""
+
+    def factor(t: int) -> float:
+        epoch = t // steps_per_epoch
+        if epoch < warmup_epochs:
+            return (epoch + 1) / warmup_epochs
+        return lr_decay ** sum(epoch >= m for m in milestones)
+
+    return factor
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What fit() and fit_stack() train by, read once from a job's config (recipe_of): its train settings, the method's
@@ -101,7 +118,7 @@ class Recipe:
     epochs: int  # passes of epoch_size images
     max_steps: int | None  # cap on the optimizer steps in all; None = epochs x steps per epoch
     lr: float  # the recipe's peak SGD learning rate (before lr_scale)
-    momentum: float  # Nesterov momentum
+    momentum: float  # SGD momentum (Nesterov's unless nesterov is false)
     weight_decay: float  # L2 penalty on all parameters
     warmup: float  # fraction of all steps spent warming up
     clip_norm: float | None  # the gradient's largest global L2 norm; None = no clipping
@@ -110,28 +127,42 @@ class Recipe:
     epoch_size: str  # balanced = N x largest class images an epoch | method = one pass over the method's set
     lr_scale: float = 1.0  # the method's factor on lr (conf/method/reweight.yaml); 1 = the recipe's lr
     flip: bool = False  # mirror each image with probability 1/2
-    crop_pad: int = 0  # translate each image by up to this many pixels (reflect padding)
+    crop_pad: int = 0  # translate each image by up to this many pixels
+    pad: str = "reflect"  # the translation's padding: reflect | zeros
+    # recipe=lt's keys (conf/recipe_dataset/lt_*.yaml); the defaults are what every other recipe trains by
+    schedule: str = "linear"  # linear: schedule() | step: step_schedule()
+    warmup_epochs: int = 0  # step: epochs of linear warm-up
+    milestones: tuple[int, ...] = ()  # step: epochs (from 0) from which the lr is multiplied by lr_decay once more
+    lr_decay: float = 1.0  # step: the factor per milestone
+    nesterov: bool = True  # Nesterov momentum; false = plain momentum
 
 
 def recipe_of(cfg: Mapping) -> Recipe:
-    """The Recipe of a job's config: its `train` keys, `method.lr_scale` (1 when absent) and `dataset.augment`."""
+    """The Recipe of a job's config: its `train` keys, `method.lr_scale` (1 when absent) and `dataset.augment`; keys
+    that only recipe=lt sets are absent elsewhere (checks.OPTIONAL_TRAIN) and take the Recipe's defaults."""
     train, augment = cfg["train"], cfg["dataset"]["augment"]
     return Recipe(
         batch_size=train["batch_size"], epochs=train["epochs"], max_steps=train["max_steps"], lr=train["lr"],
         momentum=train["momentum"], weight_decay=train["weight_decay"], warmup=train["warmup"], clip_norm=train["clip_norm"],
         precision=train["precision"], compile=train["compile"], epoch_size=train["epoch_size"],
         lr_scale=cfg["method"].get("lr_scale", 1.0), flip=augment["flip"], crop_pad=augment["crop_pad"],
+        pad=augment.get("pad", "reflect"), schedule=train.get("schedule", "linear"), warmup_epochs=train.get("warmup_epochs", 0),
+        milestones=tuple(train.get("milestones") or ()), lr_decay=train.get("lr_decay", 1.0), nesterov=train.get("nesterov", True),
     )
 
 
 def make_optimizer(params: Iterable[torch.Tensor], recipe: Recipe) -> torch.optim.SGD:
-    """Nesterov SGD with the recipe's peak learning rate (times its lr_scale), momentum and weight decay."""
+    """SGD (Nesterov's unless the recipe says not) with the recipe's peak learning rate (times its lr_scale), momentum
+    and weight decay."""
     lr = recipe.lr * recipe.lr_scale
-    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The learning rate over the run's `total` optimizer steps: schedule()'s warm-up and decay by the recipe."""
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate over the run's `total` optimizer steps: schedule()'s warm-up and linear decay, or
+    step_schedule()'s warm-up epochs and milestones (recipe=lt)."""
+    if recipe.schedule == "step":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(steps_per_epoch, recipe.warmup_epochs, recipe.milestones, recipe.lr_decay))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, recipe.warmup))
 
 
@@ -284,7 +315,7 @@ def fit(
     forward = torch.compile(model) if recipe.compile else model  # the attack keeps the eager model
     steps_per_epoch, total = planned_steps(ts.n_images, recipe)
     optimizer = make_optimizer(model.parameters(), recipe)
-    scheduler = make_scheduler(optimizer, recipe, total)
+    scheduler = make_scheduler(optimizer, recipe, total, steps_per_epoch)
     first, positions, stats = 0, ts.positions, new_stats(ts)
     if checkpoint is not None and checkpoint.exists():
         first, positions, stats = resume(checkpoint, total, model, optimizer, scheduler, ts.gen)
@@ -300,7 +331,7 @@ def fit(
             if stats.train_steps + step == total:
                 break
             draws = step_draws(ts, len(idx), recipe)
-            xb, yb = to_input(flip_shift(x[idx], draws.mirror, draws.shift, recipe.crop_pad)), y[idx]  # augmented as bytes
+            xb, yb = to_input(flip_shift(x[idx], draws.mirror, draws.shift, recipe.crop_pad, recipe.pad)), y[idx]  # augmented as bytes
             if method.perturb is not None:
                 clean = xb
                 with autocast(device, recipe.precision):

@@ -246,3 +246,58 @@ def test_a_checkpoint_of_another_schedule_is_refused_in_one_line(tmp_path):
         allcnn_fit(cfg, 0, checkpoint=tmp_path / "job.pt", on_epoch=stop_at(1))
     with pytest.raises(UsageError, match=r"job.pt: a checkpoint of a run of \d+ steps, not \d+; delete it to train from the start$"):
         allcnn_fit(make_config(*RESUMED, "train.epochs=2", "train.max_steps=5"), 0, checkpoint=tmp_path / "job.pt")
+
+
+def cao_lr(epoch: int) -> float:
+    """Cao et al.'s adjust_learning_rate (cifar_train.py) for epoch `epoch` counted from 0, as a factor of lr 0.1."""
+    epoch = epoch + 1
+    if epoch <= 5:
+        return epoch / 5
+    if epoch > 180:
+        return 0.0001
+    if epoch > 160:
+        return 0.01
+    return 1.0
+
+
+def test_recipe_lt_trains_by_cao_et_als_schedule_and_plain_momentum():
+    recipe = train.recipe_of(make_config("experiment=cifar10_lt"))
+    assert (recipe.schedule, recipe.nesterov, recipe.weight_decay, recipe.epoch_size, recipe.pad) == ("step", False, 2e-4, "dataset", "zeros")
+    optimizer = train.make_optimizer([torch.zeros(1, requires_grad=True)], recipe)
+    assert optimizer.param_groups[0]["nesterov"] is False and optimizer.param_groups[0]["momentum"] == 0.9
+    steps_per_epoch, total = train.planned_steps(12_406, recipe)
+    assert (steps_per_epoch, total) == (97, 19_400)  # one pass over CIFAR-10-LT's 12,406 images an epoch, 200 epochs
+    scheduler = train.make_scheduler(optimizer, recipe, total, steps_per_epoch)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == [pytest.approx(0.1 * cao_lr(t // 97), rel=1e-12) for t in range(total)]  # every step of every epoch
+    other = train.recipe_of(make_config("recipe=paper"))  # the other recipes: unchanged
+    assert (other.schedule, other.nesterov, other.pad) == ("linear", True, "reflect")
+
+
+@pytest.mark.parametrize("method", ["base", "ros", "aos"])
+def test_epoch_size_dataset_gives_every_method_a_pass_over_the_imbalanced_sets_size(method):
+    labels = torch.arange(10).repeat_interleave(torch.tensor([50, 40, 30, 20, 10, 8, 6, 4, 2, 1]))
+    ts = train.training_set(torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8), labels, get_method(method), {"p": 0.5, "eps": 0.1}, [9], 0, "dataset")
+    assert ts.n_images == len(labels) == 171  # ROS's set is 500 images; an epoch draws 171 of them
+
+
+@pytest.mark.parametrize("pad", ["reflect", "zeros"])
+def test_flip_shift_is_torchvisions_pad_crop_and_flip_on_the_same_draws(pad):
+    from torchvision.transforms.v2 import functional as TF
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    mirror, shift = train.augment_draws(len(x), True, 3, gen)
+    ours = train.flip_shift(x, mirror, shift, 3, pad)
+    for i in range(len(x)):
+        dy, dx = int(shift[0, i]), int(shift[1, i])
+        padded = TF.pad(x[i], [3], padding_mode="reflect" if pad == "reflect" else "constant")
+        if mirror[i]:  # a mirrored image: the crop of the mirrored padded image at dx, that is the mirror of the crop at 2 * 3 - dx
+            expected = TF.horizontal_flip(TF.crop(padded, dy, 6 - dx, 8, 8))
+        else:
+            expected = TF.crop(padded, dy, dx, 8, 8)
+        assert torch.equal(ours[i], expected), i
