@@ -47,6 +47,7 @@ class ImageData:
     test_y: torch.Tensor
     classes: list[str]
     skipped: tuple[str, ...] = ()  # unreadable image files left out (dataset.skip_bad=true)
+    test_source: str = "the dataset's own test split"  # where the test images come from, in words, for the run's log
 
 
 def default_cache_dir() -> Path:
@@ -260,7 +261,8 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
     fraction, seed = _ruled_option(dataset, "test_fraction"), _ruled_option(dataset, "split_seed")
     x, y, classes, skipped = _read_image_folder(root, size, cache_dir, skip_bad)
     train_at, test_at = _stratified_split(y, classes, fraction, seed, root)
-    return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped))
+    held_out = f"held out from {root}: {fraction:g} of each class (dataset.test_fraction), drawn with dataset.split_seed={seed}"
+    return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped), held_out)
 
 
 def _stratified_split(
@@ -324,7 +326,7 @@ def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_d
     test_x, test_y, test_classes, test_skipped = _read_image_folder(test, size, cache_dir, skip_bad)
     if test_classes != classes:
         raise UsageError(f"class folders differ: {train} has {classes}, {test} has {test_classes}")
-    return ImageData(train_x, train_y, test_x, test_y, classes, (*train_skipped, *test_skipped))
+    return ImageData(train_x, train_y, test_x, test_y, classes, (*train_skipped, *test_skipped), f"test folder {test}")
 
 
 def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -461,7 +463,7 @@ def _load_synthetic(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageD
     prototypes = 48 + 160 * F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     train_x, train_y = _noisy_copies(prototypes, train_per_class, generator)
     test_x, test_y = _noisy_copies(prototypes, test_per_class, generator)
-    return ImageData(train_x, train_y, test_x, test_y, [f"c{i}" for i in range(n_classes)])
+    return ImageData(train_x, train_y, test_x, test_y, [f"c{i}" for i in range(n_classes)], test_source=f"generated: {test_per_class} per class")
 
 
 def _noisy_copies(

@@ -31,6 +31,7 @@ class Subset:
     indices: torch.Tensor  # int64 indices into the train split, grouped by class
     sizes: list[int]  # images per class, index = label
     minority_classes: list[int]  # labels treated as minority (AOS attacks these)
+    minority_rule: str = ""  # why those classes are minority, in words, for the run's log
 
 
 def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data_seed: int, natural_minority: bool = False) -> Subset:
@@ -40,13 +41,16 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
     if cfg["kind"] == "none":
         minority = [c for c, n in enumerate(counts) if n < max(counts)] if natural_minority else []
-        return Subset(torch.arange(len(labels)), counts, minority)
+        rule = "every class smaller than the largest (dataset.natural_minority)" if natural_minority else "none (imbalance=none)"
+        return Subset(torch.arange(len(labels)), counts, minority, rule)
     n_max = majority_size(counts, cfg.get("n_max"))
     n_min = minority_size(n_max, cfg["rho"])
     if cfg.get("convention", "suite") == "cao2019":
         return cao2019_subset(labels, n_max, cfg, data_seed)
+    rule = f"every class smaller than the largest ({cfg['kind']} imbalance)"
     if cfg["kind"] == "step":
         sizes, minority = step_sizes(classes, cfg["mu"], n_min, n_max, cfg.get("minority", "random"), gen)
+        rule = f"the {len(minority)} classes cut to n_min={n_min} (step imbalance, imbalance.minority={cfg.get('minority', 'random')})"
     elif cfg["kind"] in ("linear", "exp"):
         n = len(classes)
         profile = linear_profile(n_min, n_max, n) if cfg["kind"] == "linear" else exp_profile(n_max, cfg["rho"], n)
@@ -54,7 +58,7 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
         minority = [c for c, n in enumerate(sizes) if n < max(sizes)]
     else:
         raise UsageError(f"imbalance.kind={cfg['kind']!r} is not one of: none, step, linear, exp")
-    return Subset(draw_images(labels, sizes, gen), sizes, minority)
+    return Subset(draw_images(labels, sizes, gen), sizes, minority, rule)
 
 
 def majority_size(counts: list[int], n_max: int | None) -> int:
@@ -128,7 +132,8 @@ def cao2019_subset(labels: torch.Tensor, n_max: int, cfg: Mapping, data_seed: in
         members = np.flatnonzero(labels.numpy() == c)
         shuffle(members)
         picked.append(torch.from_numpy(members[:size]))
-    return Subset(torch.cat(picked), sizes, [c for c, size in enumerate(sizes) if size < max(sizes)])
+    minority = [c for c, size in enumerate(sizes) if size < max(sizes)]
+    return Subset(torch.cat(picked), sizes, minority, "every class smaller than the largest (exp imbalance, convention cao2019)")
 
 
 def ordered_sizes(profile: list[int], minority: object, gen: torch.Generator) -> list[int]:

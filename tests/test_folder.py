@@ -347,3 +347,44 @@ def test_paper_layout_on_a_folder_has_no_paper_column(tmp_path, empty_store):
     classes, minority, seed = figures.per_class(runs, figures.per_class_row(cells, None))
     figure = figures.figure(cells, runs, classes, minority, ("left", "right"))
     assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["folder"] and minority == ["owl"]  # one row
+
+
+# ---- what a run resolved, printed and logged before it trains ----
+
+
+def folder_cli(tmp_path: Path, env: dict[str, str], root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m aos_bench dataset=folder dataset.root=ROOT train=smoke ARGS` for 2 steps on 16 px images, started in
+    tmp_path (store tmp_path/mlruns)."""
+    shrink = ["train=smoke", "train.max_steps=2", "dataset.image_size=16", f"cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/out"]
+    command = [sys.executable, "-m", "aos_bench", "dataset=folder", f"dataset.root={root}", *shrink, *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_run_prints_and_logs_its_classes_counts_minority_rule_and_test_source_before_training(tmp_path, env, empty_store):
+    names = [f"{word}_photos" for word in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
+    write_classes(tmp_path / "mine", dict(zip(names, [10, 10, 10, 10, 10, 10, 10, 10, 4, 3])))
+    copy_store(empty_store, tmp_path / "mlruns")
+    result = folder_cli(tmp_path, env, tmp_path / "mine", "imbalance=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.splitlines()
+    loading = next(i for i, line in enumerate(out) if line.endswith(f"- loading folder {tmp_path}/mine"))
+    header = next(i for i, line in enumerate(out) if "- data: folder, 10 classes; test split: held out from" in line)
+    training = next(i for i, line in enumerate(out) if "epoch 1/" in line)
+    assert loading < header < training
+    assert out[header].endswith(f"held out from {tmp_path}/mine: 0.2 of each class (dataset.test_fraction), drawn with dataset.split_seed=0")
+    table = out[header + 1 : header + 7]  # two blocks of three rows: 10 names of 15 characters do not fit in 100
+    assert all(len(line) <= 100 for line in table), table
+    assert [line.split()[0] for line in table] == ["class", "train", "test"] * 2
+    cells = {row: [] for row in ("class", "train", "test")}
+    for line in table:
+        cells[line.split()[0]] += line.split()[1:]
+    # of 10 images 2 are held out, of 4 and of 3 one: round(0.2 n), at least 1
+    assert cells["train"] == ["8"] * 8 + ["3", "2"] and cells["test"] == ["2"] * 8 + ["1", "1"]
+    assert cells["class"] == names[:8] + ["ship_photos*", "truck_photos*"]
+    assert out[header + 7].startswith("  minority (*): ship_photos, truck_photos; rule: ")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = mlflow.search_runs(experiment_names=["aos_bench"]).iloc[0]
+    assert run["params.data.test_source"] == out[header].split("test split: ")[1]
+    counts = mlflow.artifacts.load_dict(f"{run['artifact_uri']}/class_counts.json")
+    assert counts["imbalanced"] == [8] * 8 + [3, 2] and counts["test"] == [2] * 8 + [1, 1] and counts["minority_classes"] == [8, 9]
+    assert counts["test_source"] == run["params.data.test_source"] and counts["minority_rule"] == run["params.data.minority_rule"]
