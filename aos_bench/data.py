@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -35,6 +36,8 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 INTEL_KAGGLE = "puneet6060/intel-image-classification"
+# Folder names that mean a split, not a class: alone (val/) or joined to other words (digits_train/, test-set/).
+SPLIT_WORDS = frozenset({"train", "training", "trainval", "test", "testing", "val", "valid", "validation"})
 
 
 @dataclass(frozen=True)
@@ -253,16 +256,33 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
         raise UsageError(f"no such folder ({root.resolve()}); it must hold <class>/ folders of images, or train/<class>/ and test/<class>/")
     train, test = root / "train", root / "test"
     skip_bad = _bool_option(dataset, "skip_bad")
+    folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
     if train.is_dir() and test.is_dir():
-        return _image_folder_splits(train, test, size, cache_dir, skip_bad)
+        data = _image_folder_splits(train, test, size, cache_dir, skip_bad)
+        unused = [f"{name}/" for name in folders if name not in ("train", "test")]  # val/, say: said, not read
+        return replace(data, test_source=data.test_source + (f" ({', '.join(unused)} not used)" if unused else ""))
     if train.is_dir() or test.is_dir():
         found, lacking = ("train", "test") if train.is_dir() else ("test", "train")
         raise UsageError(f"{root} has {found}/ but no {lacking}/: give both, each with <class>/ folders, or <class>/ folders only")
+    _refuse_split_names(root, folders)
     fraction, seed = _ruled_option(dataset, "test_fraction"), _ruled_option(dataset, "split_seed")
     x, y, classes, skipped = _read_image_folder(root, size, cache_dir, skip_bad)
     train_at, test_at = _stratified_split(y, classes, fraction, seed, root)
     held_out = f"held out from {root}: {fraction:g} of each class (dataset.test_fraction), drawn with dataset.split_seed={seed}"
     return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped), held_out)
+
+
+def _refuse_split_names(root: Path, folders: list[str]) -> None:
+    """A UsageError when the folders that would be classes are named as splits: one named as a split alone (val/), or
+    two or more with a split word in their names (digits_train/ and digits_test/), which would train a split-vs-split
+    classifier."""
+    named = [name for name in folders if any(word in SPLIT_WORDS for word in re.split(r"[\s_.-]+", name.lower()))]
+    if len(named) >= 2 or any(name.lower() in SPLIT_WORDS for name in named):
+        raise UsageError(
+            f"{root} holds {', '.join(f'{name}/' for name in named)}, named as splits, not classes: "
+            "name them train/ and test/ (each with <class>/ folders), or point dataset.root at one split's folder "
+            "to split its classes here"
+        )
 
 
 def _stratified_split(

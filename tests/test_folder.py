@@ -121,6 +121,19 @@ def test_the_decoded_images_are_cached_as_for_the_built_in_folders(tmp_path, mon
     assert torch.equal(second.train_x, first.train_x) and torch.equal(second.test_y, first.test_y)
 
 
+def test_a_split_folder_besides_train_and_test_is_named_as_not_used(tmp_path):
+    for split in ("train", "test", "val"):
+        write_classes(tmp_path / "mine" / split, {"a": 2, "b": 2}, seed=len(split))
+    images = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
+    assert images.test_source == f"test folder {tmp_path}/mine/test (val/ not used)"
+    assert torch.bincount(images.train_y).tolist() == [2, 2] and torch.bincount(images.test_y).tolist() == [2, 2]
+
+
+def test_a_class_whose_name_holds_a_split_word_is_still_a_class(tmp_path):
+    write_classes(tmp_path / "lab", {"test_tube": 3, "flask": 3})  # one such name, not a split word alone: a class
+    assert load_data(folder(tmp_path / "lab"), tmp_path, tmp_path / "cache").classes == ["flask", "test_tube"]
+
+
 def test_skip_bad_leaves_unreadable_files_out_and_counts_them(tmp_path):
     write_classes(tmp_path / "mine", {"a": 4, "b": 4})
     (tmp_path / "mine" / "b" / "001.png").write_bytes(b"not an image")
@@ -223,7 +236,21 @@ def bad_folders(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "unreadable" / "b" / "001.png").write_bytes(b"not an image")
     with pytest.raises(RuntimeError) as reason:
         decode_image(read_file(str(tmp / "unreadable" / "b" / "001.png")))
+    for name in ("digits_train", "digits_test"):  # splits under other names: not a 2-class dataset
+        write_classes(tmp / "renamed" / name, {"0": 3, "1": 3}, seed=len(name))
+    write_classes(tmp / "spelled", {"training": 3, "testing": 3})
+    write_classes(tmp / "withval", {"cat": 3, "dog": 3, "val": 3})
+    splits = "named as splits, not classes: name them train/ and test/ (each with <class>/ folders), or point dataset.root at one split's folder to split its classes here"
     return {
+        "folders named as splits": (
+            [f"dataset.root={tmp}/renamed"], f"dataset.root={tmp}/renamed: {tmp}/renamed holds digits_test/, digits_train/, {splits}"
+        ),
+        "training and testing": (
+            [f"dataset.root={tmp}/spelled"], f"dataset.root={tmp}/spelled: {tmp}/spelled holds testing/, training/, {splits}"
+        ),
+        "a val folder among the classes": (
+            [f"dataset.root={tmp}/withval"], f"dataset.root={tmp}/withval: {tmp}/withval holds val/, {splits}"
+        ),
         "root not set": ([], "dataset.root: Missing mandatory value: dataset.root"),
         "missing root": (
             [f"dataset.root={tmp}/nowhere"],
