@@ -43,7 +43,7 @@ def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tupl
     """Check the config, load the data and draw the imbalanced subset: every bad-input error is raised here."""
     validate(cfg)
     data = load(cfg.dataset, cfg.data_dir, cfg.cache_dir)
-    return data, make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed, cfg.dataset.get("natural_minority", False))
+    return data, make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed, cfg.dataset)
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,10 @@ def four_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "sizes", "minority"),
     [
-        (["imbalance=none"], [12, 9, 6, 5], [1, 2, 3]),  # the folder's own sizes; minority = smaller than the largest
+        # the folder's own sizes; minority = outnumbered more than 1.5 times by the largest: 12 > 1.5 x 6, not 1.5 x 9
+        (["imbalance=none"], [12, 9, 6, 5], [2, 3]),
+        (["imbalance=none", "dataset.minority_rho=1"], [12, 9, 6, 5], [1, 2, 3]),  # every class smaller than the largest
+        (["imbalance=none", "dataset.minority_classes=[b,3]"], [12, 9, 6, 5], [1, 3]),  # named, by name or index
         (["imbalance=none", "dataset.natural_minority=false"], [12, 9, 6, 5], []),
         # n_max = the smallest class, 5; n_min = round(5 / 5) = 1
         (["imbalance=step", "imbalance.mu=0.5", "imbalance.rho=5", "imbalance.minority=first"], [1, 1, 5, 5], [0, 1]),
@@ -194,6 +197,39 @@ def test_exact_class_counts_under_each_imbalance(four_classes, tmp_path, overrid
     assert subset.sizes == sizes and subset.minority_classes == minority
     assert torch.bincount(images.train_y[subset.indices], minlength=4).tolist() == sizes
     assert len(set(subset.indices.tolist())) == len(subset.indices)  # no image drawn twice
+
+
+def test_natural_minority_leaves_near_equal_classes_majority_and_logs_its_rule(tmp_path):
+    sizes = {f"c{i}": n for i, n in enumerate([146, 145, 144, 142, 141, 140, 139, 15, 15, 15])}  # seven near-equal, three small
+    write_classes(tmp_path / "mine" / "train", sizes)
+    write_classes(tmp_path / "mine" / "test", dict.fromkeys(sizes, 1), seed=1)
+    cfg = make_config("dataset=folder", f"dataset.root={tmp_path}/mine", "dataset.image_size=6", f"cache_dir={tmp_path}", "imbalance=none")
+    _, subset = prepare(cfg)
+    assert subset.minority_classes == [7, 8, 9]  # not the classes of 139 to 145 images
+    assert subset.minority_rule == "the largest class (146 images) has more than dataset.minority_rho=1.5 times its images"
+    cfg.dataset.minority_rho = 1  # the rule before: every class smaller than the largest
+    assert prepare(cfg)[1].minority_classes == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["dataset.minority_classes=[a,b,c,d]"], "dataset.minority_classes names all 4 classes: leave at least one majority class"),
+        (["dataset.minority_classes=[owl]"], "dataset.minority_classes has 'owl': allowed are indices 0..3 or names ['a', 'b', 'c', 'd']"),
+        (
+            ["dataset.minority_classes=[a]", "imbalance=step"],
+            "dataset.minority_classes is for imbalance=none (a split at its own sizes); imbalance=step makes its own "
+            "minority classes: set imbalance.minority instead",
+        ),
+        (["dataset.minority_rho=0.5"], "dataset.minority_rho=0.5: a number >= 1 (a class is minority when the largest class has more than minority_rho times its images)"),
+    ],
+)
+def test_a_bad_minority_override_is_one_line(four_classes, tmp_path, overrides, line):
+    cfg = make_config("dataset=folder", f"dataset.root={four_classes}", "dataset.image_size=6", f"cache_dir={tmp_path}", "imbalance=none", *overrides)
+    with pytest.raises(UsageError) as error:
+        validate(cfg)
+        prepare(cfg)
+    assert str(error.value) == line
 
 
 # ---- bad folders: one line each, exit code 2, before any training ----
