@@ -8,10 +8,12 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,11 @@ MNIST_FILES = (
 )
 INTEL_KAGGLE = "puneet6060/intel-image-classification"
 # Folder names that mean a split, not a class: alone (val/) or joined to other words (digits_train/, test-set/).
+# Files and folders that operating systems and archivers leave beside images: left out of every class, and counted.
+OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # plus AppleDouble `._<name>` files
+OS_FOLDER = "__MACOSX"  # the resource forks of a zip archive made on a Mac
+OS_JUNK = "OS files (__MACOSX/, ._*, .DS_Store, Thumbs.db)"  # their count's name in ImageData.left_out
+BROKEN_LINKS = "broken links"
 SPLIT_WORDS = frozenset({"train", "training", "trainval", "test", "testing", "val", "valid", "validation"})
 
 
@@ -51,6 +58,7 @@ class ImageData:
     classes: list[str]
     skipped: tuple[str, ...] = ()  # unreadable image files left out (dataset.skip_bad=true)
     test_source: str = "the dataset's own test split"  # where the test images come from, in words, for the run's log
+    left_out: Mapping[str, int] = field(default_factory=dict)  # files of the folders not read as images: kind -> count
 
 
 def default_cache_dir() -> Path:
@@ -132,7 +140,7 @@ def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     if not _bool_option(dataset, "download"):
         raise UsageError(f"MNIST not found in {raw}{hint}")
     try:  # torchvision fetches and checks all four files into raw/, read below like any others
-        torchvision.datasets.MNIST(root=data_dir, train=True, download=True)
+        _download(data_dir, "MNIST/raw", lambda root: torchvision.datasets.MNIST(root=root, train=True, download=True))
     # torchvision reports network failures as URLError (an OSError) and bad checksums as RuntimeError.
     except (RuntimeError, OSError) as error:
         raise UsageError(f"MNIST not found in {raw} (download failed: {_one_line(error)}){hint}") from error
@@ -194,8 +202,10 @@ def _load_cifar10(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageDat
 def _cifar10_torchvision(data_dir: Path, download: bool) -> ImageData:
     """CIFAR-10 through torchvision.datasets.CIFAR10 (pickled batches under <data_dir>/cifar-10-batches-py)."""
     try:
-        train = torchvision.datasets.CIFAR10(root=data_dir, train=True, download=download)
-        test = torchvision.datasets.CIFAR10(root=data_dir, train=False, download=download)
+        if download:
+            _download(data_dir, "cifar-10-batches-py", lambda root: torchvision.datasets.CIFAR10(root=root, download=True))
+        train = torchvision.datasets.CIFAR10(root=data_dir, train=True, download=False)
+        test = torchvision.datasets.CIFAR10(root=data_dir, train=False, download=False)
     except (RuntimeError, OSError) as error:
         raise UsageError(
             f"CIFAR-10 could not be read from {data_dir / 'cifar-10-batches-py'}: {_one_line(error)}; "
@@ -209,6 +219,16 @@ def _cifar10_torchvision(data_dir: Path, download: bool) -> ImageData:
         test_y=torch.tensor(test.targets, dtype=torch.int64),
         classes=list(train.classes),
     )
+
+
+def _download(data_dir: Path, folder: str, fetch: Callable[[Path], object]) -> None:
+    """fetch(root) into a fresh temporary root, then what it wrote under root/<folder> moved to data_dir/<folder>: a
+    failed download creates nothing, not even data_dir."""
+    with tempfile.TemporaryDirectory(prefix="aos_bench-download-") as tmp:
+        fetch(Path(tmp))
+        (data_dir / folder).mkdir(parents=True, exist_ok=True)
+        for item in (Path(tmp) / folder).iterdir():
+            shutil.move(item, data_dir / folder / item.name)
 
 
 def _load_intel(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
@@ -256,7 +276,7 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
         raise UsageError(f"no such folder ({root.resolve()}); it must hold <class>/ folders of images, or train/<class>/ and test/<class>/")
     train, test = root / "train", root / "test"
     skip_bad = _bool_option(dataset, "skip_bad")
-    folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    folders = _class_folders(root)
     if train.is_dir() and test.is_dir():
         data = _image_folder_splits(train, test, size, cache_dir, skip_bad)
         unused = [f"{name}/" for name in folders if name not in ("train", "test")]  # val/, say: said, not read
@@ -266,10 +286,10 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
         raise UsageError(f"{root} has {found}/ but no {lacking}/: give both, each with <class>/ folders, or <class>/ folders only")
     _refuse_split_names(root, folders)
     fraction, seed = _ruled_option(dataset, "test_fraction"), _ruled_option(dataset, "split_seed")
-    x, y, classes, skipped = _read_image_folder(root, size, cache_dir, skip_bad)
+    x, y, classes, skipped, left_out = _read_image_folder(root, size, cache_dir, skip_bad)
     train_at, test_at = _stratified_split(y, classes, fraction, seed, root)
     held_out = f"held out from {root}: {fraction:g} of each class (dataset.test_fraction), drawn with dataset.split_seed={seed}"
-    return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped), held_out)
+    return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped), held_out, left_out)
 
 
 def _refuse_split_names(root: Path, folders: list[str]) -> None:
@@ -342,35 +362,66 @@ def normalisation(dataset: Mapping, train_x: torch.Tensor) -> tuple[list[float],
 
 def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_dir: Path, skip_bad: bool = False) -> ImageData:
     """Both splits of an ImageFolder dataset; the test split must have the train split's classes."""
-    train_x, train_y, classes, train_skipped = _read_image_folder(train, size, cache_dir, skip_bad)
-    test_x, test_y, test_classes, test_skipped = _read_image_folder(test, size, cache_dir, skip_bad)
+    train_x, train_y, classes, train_skipped, train_left_out = _read_image_folder(train, size, cache_dir, skip_bad)
+    test_x, test_y, test_classes, test_skipped, test_left_out = _read_image_folder(test, size, cache_dir, skip_bad)
     if test_classes != classes:
         raise UsageError(f"class folders differ: {train} has {classes}, {test} has {test_classes}")
-    return ImageData(train_x, train_y, test_x, test_y, classes, (*train_skipped, *test_skipped), f"test folder {test}")
+    left_out = dict(Counter(train_left_out) + Counter(test_left_out))
+    return ImageData(train_x, train_y, test_x, test_y, classes, (*train_skipped, *test_skipped), f"test folder {test}", left_out)
 
 
-def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Sorted class folder names and (path relative to root, label) pairs in sorted order, like ImageFolder; at least
-    two classes, each with an image file."""
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+def _class_folders(root: Path) -> list[str]:
+    """The sorted names of root's folders that can be classes: not hidden (.git), not __MACOSX."""
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".") and entry.name != OS_FOLDER)
+
+
+def _is_os_file(name: str) -> bool:
+    """Whether a file name is one an OS leaves beside images: `._<name>` (AppleDouble), .DS_Store, Thumbs.db."""
+    return name.startswith("._") or name in OS_FILES
+
+
+def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]], dict[str, int]]:
+    """Sorted class folder names, (path relative to root, label) pairs in sorted order, like ImageFolder, and the
+    counts of files left out (OS files, broken links); at least two classes, each with an image file. Symbolic links
+    are followed, each folder read once per class (a link loop adds nothing)."""
+    classes = _class_folders(root)
     if len(classes) < 2:
         found = f"only one class folder ({classes[0]})" if classes else "no class folders"
         raise UsageError(f"{found} in {root}: a classifier needs at least 2, as {root}/<class>/<image>")
+    left_out: Counter[str] = Counter()
+    if (root / OS_FOLDER).is_dir():
+        left_out[OS_JUNK] += _count_files(root / OS_FOLDER)
     files: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        listed = len(files)
+        listed, seen = len(files), set()  # seen: (device, inode) of the folders read
         # os.walk rather than Path.rglob: listing 60k files this way is several times faster.
         for folder, subfolders, names in os.walk(root / name, followlinks=True):
+            stat = os.stat(folder)
+            if (stat.st_dev, stat.st_ino) in seen:  # reached again through a link: a loop or a second path to it
+                subfolders.clear()
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            for junk in [sub for sub in subfolders if sub == OS_FOLDER or sub.startswith(".")]:
+                subfolders.remove(junk)  # not read: __MACOSX/ (counted) and hidden folders (.ipynb_checkpoints/)
+                if junk == OS_FOLDER:
+                    left_out[OS_JUNK] += _count_files(Path(folder, junk))
             subfolders.sort()
             relative = os.path.relpath(folder, root)
-            files += [
-                (f"{relative}/{file}".replace(os.sep, "/"), label)
-                for file in sorted(names)
-                if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS
-            ]
+            for file in sorted(names):
+                if _is_os_file(file):
+                    left_out[OS_JUNK] += 1
+                elif not os.path.exists(os.path.join(folder, file)):  # a symbolic link to nothing
+                    left_out[BROKEN_LINKS] += 1
+                elif os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS:
+                    files.append((f"{relative}/{file}".replace(os.sep, "/"), label))
         if len(files) == listed:
             raise UsageError(f"class folder {root / name} holds no image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return classes, files
+    return classes, files, dict(left_out)
+
+
+def _count_files(folder: Path) -> int:
+    """How many files a folder holds, at any depth (links to folders not followed)."""
+    return sum(len(names) for _, _, names in os.walk(folder))
 
 
 def _cache_path(root: Path, files: list[tuple[str, int]], size: tuple[int, int], cache_dir: Path) -> Path:
@@ -390,22 +441,26 @@ def _file_stamp(root: Path, relative: str) -> tuple[str, int, int]:
 
 def _read_image_folder(
     root: Path, size: tuple[int, int], cache_dir: Path, skip_bad: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Images (N, 3, H, W) uint8, labels, classes and skipped unreadable files of one ImageFolder split, from the cache when fresh."""
-    classes, files = _list_image_folder(root)
+) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str], dict[str, int]]:
+    """Images (N, 3, H, W) uint8, labels, classes, skipped unreadable files and the counts of other files left out
+    (_list_image_folder) of one ImageFolder split, from the cache when fresh."""
+    classes, files, left_out = _list_image_folder(root)
     cache = _cache_path(root, files, size, cache_dir)
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
-            skipped = saved.get("skipped", [])
+            problem = _cache_mismatch(saved, classes, len(files), size)
         # Any unreadable cache file is simply rebuilt.
         except Exception as error:
             warnings.warn(f"ignoring unreadable cache file {cache}: {_one_line(error)}")
         else:
-            if skipped and not skip_bad:
-                raise UsageError(f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out")
-            _require_readable_classes(root, saved["classes"], saved["y"])
-            return saved["x"], saved["y"], saved["classes"], skipped
+            if problem is None:
+                skipped = saved["skipped"]
+                if skipped and not skip_bad:
+                    raise UsageError(f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out")
+                _require_readable_classes(root, classes, saved["y"])
+                return saved["x"], saved["y"], classes, skipped, left_out
+            warnings.warn(f"rebuilding cache file {cache}: {problem}")
     paths = [root / relative for relative, _ in files]
     x, kept = _decode_images(paths, size, skip_bad)
     y = torch.tensor([label for _, label in files], dtype=torch.int64)[kept]
@@ -414,7 +469,21 @@ def _read_image_folder(
     if skipped:
         warnings.warn(f"dataset.skip_bad=true: left out {len(skipped)} unreadable images of {root}, the first {root / skipped[0]}")
     _save_cache(cache, {"x": x, "y": y, "classes": classes, "skipped": skipped})
-    return x, y, classes, skipped
+    return x, y, classes, skipped, left_out
+
+
+def _cache_mismatch(saved: Any, classes: list[str], n_files: int, size: tuple[int, int]) -> str | None:
+    """Why a cache file that loaded does not hold its folder's decoded images (cut short, another layout), or None."""
+    if not isinstance(saved, dict) or not {"x", "y", "classes", "skipped"} <= saved.keys():
+        return "it lacks the keys x, y, classes and skipped"
+    x, y, skipped = saved["x"], saved["y"], saved["skipped"]
+    if saved["classes"] != classes:
+        return f"its classes {saved['classes']} are not the folder's {classes}"
+    if len(y) + len(skipped) != n_files or tuple(x.shape) != (len(y), 3, *size) or x.dtype != torch.uint8:
+        return f"it holds {tuple(x.shape)} {x.dtype} images, {len(y)} labels and {len(skipped)} skipped files for {n_files} files of {size[0]}x{size[1]}"
+    if y.dtype != torch.int64 or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes)):
+        return f"its labels are not {len(classes)} classes' int64 labels"
+    return None
 
 
 def _require_readable_classes(root: Path, classes: list[str], y: torch.Tensor) -> None:
@@ -437,13 +506,22 @@ def _decode_images(paths: list[Path], size: tuple[int, int], skip_bad: bool = Fa
                 image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
             except RuntimeError as error:
                 if not skip_bad:
-                    raise UsageError(f"cannot decode image {path}: {_one_line(error)}; dataset.skip_bad=true leaves such files out") from error
+                    raise UsageError(f"cannot decode image {path}: {_decoder_reason(error)}; dataset.skip_bad=true leaves such files out") from error
                 kept[i] = False
                 continue
+            if image.ndim == 4:  # an animated GIF: (frames, 3, H, W); its first frame is the image
+                image = image[0]
             if tuple(image.shape[-2:]) != size:
                 image = resize(image, list(size), antialias=True)
             out[i] = image
     return (out if bool(kept.all()) else out[kept]), kept
+
+
+def _decoder_reason(error: RuntimeError) -> str:
+    """torchvision's decoding error as its reason only: without the `<function>, <source file>:<line>, ` of its build,
+    nor its advice on AVIF and HEIC files."""
+    reason = re.sub(r"^[\w()]+, \S+:\d+, ", "", _one_line(error))
+    return re.sub(r"\s*For avif and heic format.*$", "", reason)
 
 
 def _save_cache(path: Path, content: dict[str, Any]) -> None:

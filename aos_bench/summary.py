@@ -22,7 +22,7 @@ def data_record(name: str, data: ImageData, subset: Subset) -> dict:
         "imbalanced": list(subset.sizes),
         "test": torch.bincount(data.test_y, minlength=len(data.classes)).tolist(),
         "test_source": data.test_source,
-        "left_out": {"unreadable images (dataset.skip_bad)": len(data.skipped)} if data.skipped else {},
+        "left_out": dict(data.left_out) | ({"unreadable images (dataset.skip_bad)": len(data.skipped)} if data.skipped else {}),
     }
 
 
