@@ -356,6 +356,7 @@ def normalisation(dataset: Mapping, train_x: torch.Tensor) -> tuple[list[float],
     levels = torch.arange(256, dtype=torch.float64) / 255
     mean = counts @ levels / counts.sum(1)
     std = ((counts * (levels - mean[:, None]) ** 2).sum(1) / counts.sum(1)).sqrt()
+    std[std == 0] = 1  # a constant channel (one value in every image) normalises to 0 instead of dividing by zero
     mean, std = (measured.tolist() if value is None else list(value) for value, measured in zip(given, (mean, std)))
     return mean, std
 

@@ -115,6 +115,14 @@ def test_mean_and_std_are_measured_on_the_training_split_unless_given(tmp_path):
     assert normalisation(make_config("dataset=mnist").dataset, images.train_x) == ([0.1307], [0.3081])  # a built-in's own
 
 
+def test_a_constant_channel_gets_std_1_not_0(tmp_path):
+    write_classes(tmp_path / "mine", {"a": 3, "b": 3})
+    images = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
+    images.train_x[:, 2] = 7  # no blue but 7 in any image: a std of 0 would turn every input into NaN
+    mean, std = normalisation(folder(tmp_path / "mine"), images.train_x)
+    assert mean[2] == pytest.approx(7 / 255) and std[2] == 1 and 0 < std[0] < 1
+
+
 def test_the_decoded_images_are_cached_as_for_the_built_in_folders(tmp_path, monkeypatch):
     write_classes(tmp_path / "mine", {"a": 4, "b": 3})
     first = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
