@@ -133,17 +133,16 @@ def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     for suffix in ("", ".gz"):  # plain files first, as torchvision leaves them after a download
         if all((raw / f"{name}{suffix}").is_file() for name in MNIST_FILES):
             return _mnist_from_idx([raw / f"{name}{suffix}" for name in MNIST_FILES])
-    hint = (
-        f": expected {', '.join(MNIST_FILES)} (or each with .gz); set data_dir (or AOS_DATA_DIR) to the folder that "
-        "holds MNIST/raw, or set dataset.download=true on a machine with internet access"
-    )
+    hint = f": expected {', '.join(MNIST_FILES)} (or each with .gz); set data_dir (or AOS_DATA_DIR) to the folder that holds MNIST/raw"
     if not _bool_option(dataset, "download"):
-        raise UsageError(f"MNIST not found in {raw}{hint}")
+        raise UsageError(f"MNIST not found in {raw}{hint}, or set dataset.download=true on a machine with internet access")
     try:  # torchvision fetches and checks all four files into raw/, read below like any others
         _download(data_dir, "MNIST/raw", lambda root: torchvision.datasets.MNIST(root=root, train=True, download=True))
     # torchvision reports network failures as URLError (an OSError) and bad checksums as RuntimeError.
     except (RuntimeError, OSError) as error:
-        raise UsageError(f"MNIST not found in {raw} (download failed: {_one_line(error)}){hint}") from error
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        reason = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") else lines[0]  # torchvision: `Error downloading x.gz:` ... the last mirror's error
+        raise UsageError(f"MNIST not found in {raw} (download failed, nothing written: {reason}){hint}, or download on a machine with internet access") from error
     return _mnist_from_idx([raw / name for name in MNIST_FILES])
 
 
