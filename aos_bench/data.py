@@ -11,8 +11,8 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,12 +38,12 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 INTEL_KAGGLE = "puneet6060/intel-image-classification"
-# Folder names that mean a split, not a class: alone (val/) or joined to other words (digits_train/, test-set/).
 # Files and folders that operating systems and archivers leave beside images: left out of every class, and counted.
 OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # plus AppleDouble `._<name>` files
 OS_FOLDER = "__MACOSX"  # the resource forks of a zip archive made on a Mac
 OS_JUNK = "OS files (__MACOSX/, ._*, .DS_Store, Thumbs.db)"  # their count's name in ImageData.left_out
 BROKEN_LINKS = "broken links"
+# Folder names that mean a split, not a class: alone (val/) or joined to other words (digits_train/, test-set/).
 SPLIT_WORDS = frozenset({"train", "training", "trainval", "test", "testing", "val", "valid", "validation"})
 
 
@@ -278,7 +278,7 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
     folders = _class_folders(root)
     if train.is_dir() and test.is_dir():
         data = _image_folder_splits(train, test, size, cache_dir, skip_bad)
-        unused = [f"{name}/" for name in folders if name not in ("train", "test")]  # val/, say: said, not read
+        unused = [f"{name}/" for name in folders if name not in ("train", "test")]  # val/, say: not read, and the test source says so
         return replace(data, test_source=data.test_source + (f" ({', '.join(unused)} not used)" if unused else ""))
     if train.is_dir() or test.is_dir():
         found, lacking = ("train", "test") if train.is_dir() else ("test", "train")
