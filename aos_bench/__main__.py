@@ -1,5 +1,6 @@
 """Entry point: `python -m aos_bench [overrides]`, `-m` for sweeps."""
 
+import logging
 import os
 import sys
 
@@ -14,6 +15,7 @@ from aos_bench.errors import UsageError, reject
 from aos_bench.paths import CONFIG_DIR
 from aos_bench.sweep import jobs_in_process
 
+log = logging.getLogger("aos_bench")
 HYDRA_RAISES = "HYDRA_FULL_ERROR"  # =1: Hydra raises its errors instead of printing them over several lines
 SET_BY_CLI = []  # holds True while cli() has set HYDRA_RAISES for the user
 
@@ -26,6 +28,7 @@ def main(cfg: DictConfig) -> float:
         validate(cfg)  # before the imports below: they take seconds
     except UsageError as error:
         reject(str(error))
+    log.info("loading %s", data_source(cfg))  # at once: the imports below and the decoding take seconds
     from aos_bench.job import run
     from aos_bench.tracking import Terminated, require_server, tracking_key, tracking_uri
 
@@ -42,6 +45,15 @@ def main(cfg: DictConfig) -> float:
             print(f"aos_bench: {str(error) or 'interrupted (Ctrl-C)'}; a run it had started is marked KILLED", file=sys.stderr)
             raise SystemExit(130 if isinstance(error, KeyboardInterrupt) else 143) from None  # 128 + SIGINT or SIGTERM
         raise  # a job process of joblib or submitit: its launcher gets the job back
+
+
+def data_source(cfg: DictConfig) -> str:
+    """The dataset a job loads and where from, in a few words: `mnist from data/`, `folder my_images/`."""
+    if cfg.dataset.name == "folder":
+        return f"folder {cfg.dataset.root}"
+    if cfg.dataset.name == "synthetic":
+        return "synthetic (generated)"
+    return f"{cfg.dataset.name} from {cfg.data_dir}"
 
 
 def hydra_reports_errors() -> None:

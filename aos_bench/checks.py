@@ -111,6 +111,11 @@ RULES: dict[str, Rule] = {
     "dataset.test_fraction": number(0, 1, low_open=True, high_open=True, unit="fraction of each class held out for testing"),
     "dataset.split_seed": whole(0),
     "dataset.natural_minority": flag(),
+    "dataset.minority_rho": number(1, unit="a class is minority when the largest class has more than minority_rho times its images"),
+    "dataset.minority_classes": Rule(
+        "a list of class names or indices, or null (the rule of dataset.minority_rho)",
+        lambda v: v is None or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)),
+    ),
     "dataset.n_classes": whole(2),
     "dataset.train_per_class": whole(1),
     "dataset.test_per_class": whole(1),

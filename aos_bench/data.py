@@ -7,10 +7,13 @@ import hashlib
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,13 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 INTEL_KAGGLE = "puneet6060/intel-image-classification"
+# Files and folders that operating systems and archivers leave beside images: left out of every class, and counted.
+OS_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})  # plus AppleDouble `._<name>` files
+OS_FOLDER = "__MACOSX"  # the resource forks of a zip archive made on a Mac
+OS_JUNK = "OS files (__MACOSX/, ._*, .DS_Store, Thumbs.db)"  # their count's name in ImageData.left_out
+BROKEN_LINKS = "broken links"
+# Folder names that mean a split, not a class: alone (val/) or joined to other words (digits_train/, test-set/).
+SPLIT_WORDS = frozenset({"train", "training", "trainval", "test", "testing", "val", "valid", "validation"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class ImageData:
     classes: list[str]
     skipped: tuple[str, ...] = ()  # unreadable image files left out (dataset.skip_bad=true)
     present: torch.Tensor | None = None  # from a pack (aos_bench.pack): which train images it holds; None = all
+    test_source: str = "the dataset's own test split"  # where the test images come from, in words, for the run's log
+    left_out: Mapping[str, int] = field(default_factory=dict)  # files of the folders not read as images: kind -> count
 
 
 def default_cache_dir() -> Path:
@@ -68,7 +80,7 @@ def load_data(dataset: DictConfig | Mapping, data_dir: str | Path, cache_dir: st
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     pack = Path(data_dir).expanduser() / f"{name}_pack.npz"
     if pack.is_file():  # a GPU node's copy of the images some sweep needs (python -m aos_bench.pack)
-        from aos_bench.pack import read_pack
+        from aos_bench.packfile import read_pack
 
         train_x, train_y, test_x, test_y, classes, present = read_pack(pack, dataset)
         return ImageData(train_x, train_y, test_x, test_y, classes, present=present)
@@ -128,17 +140,16 @@ def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     for suffix in ("", ".gz"):  # plain files first, as torchvision leaves them after a download
         if all((raw / f"{name}{suffix}").is_file() for name in MNIST_FILES):
             return _mnist_from_idx([raw / f"{name}{suffix}" for name in MNIST_FILES])
-    hint = (
-        f": expected {', '.join(MNIST_FILES)} (or each with .gz); set data_dir (or AOS_DATA_DIR) to the folder that "
-        "holds MNIST/raw, or set dataset.download=true on a machine with internet access"
-    )
+    hint = f": expected {', '.join(MNIST_FILES)} (or each with .gz); set data_dir (or AOS_DATA_DIR) to the folder that holds MNIST/raw"
     if not _bool_option(dataset, "download"):
-        raise UsageError(f"MNIST not found in {raw}{hint}")
+        raise UsageError(f"MNIST not found in {raw}{hint}, or set dataset.download=true on a machine with internet access")
     try:  # torchvision fetches and checks all four files into raw/, read below like any others
-        torchvision.datasets.MNIST(root=data_dir, train=True, download=True)
+        _download(data_dir, "MNIST/raw", lambda root: torchvision.datasets.MNIST(root=root, train=True, download=True))
     # torchvision reports network failures as URLError (an OSError) and bad checksums as RuntimeError.
     except (RuntimeError, OSError) as error:
-        raise UsageError(f"MNIST not found in {raw} (download failed: {_one_line(error)}){hint}") from error
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        reason = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") else lines[0]  # torchvision: `Error downloading x.gz:` ... the last mirror's error
+        raise UsageError(f"MNIST not found in {raw} (download failed, nothing written: {reason}){hint}, or download on a machine with internet access") from error
     return _mnist_from_idx([raw / name for name in MNIST_FILES])
 
 
@@ -197,8 +208,10 @@ def _load_cifar10(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageDat
 def _cifar10_torchvision(data_dir: Path, download: bool) -> ImageData:
     """CIFAR-10 through torchvision.datasets.CIFAR10 (pickled batches under <data_dir>/cifar-10-batches-py)."""
     try:
-        train = torchvision.datasets.CIFAR10(root=data_dir, train=True, download=download)
-        test = torchvision.datasets.CIFAR10(root=data_dir, train=False, download=download)
+        if download:
+            _download(data_dir, "cifar-10-batches-py", lambda root: torchvision.datasets.CIFAR10(root=root, download=True))
+        train = torchvision.datasets.CIFAR10(root=data_dir, train=True, download=False)
+        test = torchvision.datasets.CIFAR10(root=data_dir, train=False, download=False)
     except (RuntimeError, OSError) as error:
         raise UsageError(
             f"CIFAR-10 could not be read from {data_dir / 'cifar-10-batches-py'}: {_one_line(error)}; "
@@ -212,6 +225,16 @@ def _cifar10_torchvision(data_dir: Path, download: bool) -> ImageData:
         test_y=torch.tensor(test.targets, dtype=torch.int64),
         classes=list(train.classes),
     )
+
+
+def _download(data_dir: Path, folder: str, fetch: Callable[[Path], object]) -> None:
+    """fetch(root) into a fresh temporary root, then what it wrote under root/<folder> moved to data_dir/<folder>: a
+    failed download creates nothing, not even data_dir."""
+    with tempfile.TemporaryDirectory(prefix="aos_bench-download-") as tmp:
+        fetch(Path(tmp))
+        (data_dir / folder).mkdir(parents=True, exist_ok=True)
+        for item in (Path(tmp) / folder).iterdir():
+            shutil.move(item, data_dir / folder / item.name)
 
 
 def _load_intel(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
@@ -259,15 +282,33 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
         raise UsageError(f"no such folder ({root.resolve()}); it must hold <class>/ folders of images, or train/<class>/ and test/<class>/")
     train, test = root / "train", root / "test"
     skip_bad = _bool_option(dataset, "skip_bad")
+    folders = _class_folders(root)
     if train.is_dir() and test.is_dir():
-        return _image_folder_splits(train, test, size, cache_dir, skip_bad)
+        data = _image_folder_splits(train, test, size, cache_dir, skip_bad)
+        unused = [f"{name}/" for name in folders if name not in ("train", "test")]  # val/, say: not read, and the test source says so
+        return replace(data, test_source=data.test_source + (f" ({', '.join(unused)} not used)" if unused else ""))
     if train.is_dir() or test.is_dir():
         found, lacking = ("train", "test") if train.is_dir() else ("test", "train")
         raise UsageError(f"{root} has {found}/ but no {lacking}/: give both, each with <class>/ folders, or <class>/ folders only")
+    _refuse_split_names(root, folders)
     fraction, seed = _ruled_option(dataset, "test_fraction"), _ruled_option(dataset, "split_seed")
-    x, y, classes, skipped = _read_image_folder(root, size, cache_dir, skip_bad)
+    x, y, classes, skipped, left_out = _read_image_folder(root, size, cache_dir, skip_bad)
     train_at, test_at = _stratified_split(y, classes, fraction, seed, root)
-    return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped))
+    held_out = f"held out from {root}: {fraction:g} of each class (dataset.test_fraction), drawn with dataset.split_seed={seed}"
+    return ImageData(x[train_at], y[train_at], x[test_at], y[test_at], classes, tuple(skipped), held_out, left_out)
+
+
+def _refuse_split_names(root: Path, folders: list[str]) -> None:
+    """A UsageError when the folders that would be classes are named as splits: one named as a split alone (val/), or
+    two or more with a split word in their names (digits_train/ and digits_test/), which would train a split-vs-split
+    classifier."""
+    named = [name for name in folders if any(word in SPLIT_WORDS for word in re.split(r"[\s_.-]+", name.lower()))]
+    if len(named) >= 2 or any(name.lower() in SPLIT_WORDS for name in named):
+        raise UsageError(
+            f"{root} holds {', '.join(f'{name}/' for name in named)}, named as splits, not classes: "
+            "name them train/ and test/ (each with <class>/ folders), or point dataset.root at one split's folder "
+            "to split its classes here"
+        )
 
 
 def _stratified_split(
@@ -321,41 +362,73 @@ def normalisation(dataset: Mapping, train_x: torch.Tensor) -> tuple[list[float],
     levels = torch.arange(256, dtype=torch.float64) / 255
     mean = counts @ levels / counts.sum(1)
     std = ((counts * (levels - mean[:, None]) ** 2).sum(1) / counts.sum(1)).sqrt()
+    std[std == 0] = 1  # a constant channel (one value in every image) normalises to 0 instead of dividing by zero
     mean, std = (measured.tolist() if value is None else list(value) for value, measured in zip(given, (mean, std)))
     return mean, std
 
 
 def _image_folder_splits(train: Path, test: Path, size: tuple[int, int], cache_dir: Path, skip_bad: bool = False) -> ImageData:
     """Both splits of an ImageFolder dataset; the test split must have the train split's classes."""
-    train_x, train_y, classes, train_skipped = _read_image_folder(train, size, cache_dir, skip_bad)
-    test_x, test_y, test_classes, test_skipped = _read_image_folder(test, size, cache_dir, skip_bad)
+    train_x, train_y, classes, train_skipped, train_left_out = _read_image_folder(train, size, cache_dir, skip_bad)
+    test_x, test_y, test_classes, test_skipped, test_left_out = _read_image_folder(test, size, cache_dir, skip_bad)
     if test_classes != classes:
         raise UsageError(f"class folders differ: {train} has {classes}, {test} has {test_classes}")
-    return ImageData(train_x, train_y, test_x, test_y, classes, (*train_skipped, *test_skipped))
+    left_out = dict(Counter(train_left_out) + Counter(test_left_out))
+    return ImageData(train_x, train_y, test_x, test_y, classes, (*train_skipped, *test_skipped), f"test folder {test}", left_out)
 
 
-def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Sorted class folder names and (path relative to root, label) pairs in sorted order, like ImageFolder; at least
-    two classes, each with an image file."""
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+def _class_folders(root: Path) -> list[str]:
+    """The sorted names of root's folders that can be classes: not hidden (.git), not __MACOSX."""
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith(".") and entry.name != OS_FOLDER)
+
+
+def _is_os_file(name: str) -> bool:
+    """Whether a file name is one an OS leaves beside images: `._<name>` (AppleDouble), .DS_Store, Thumbs.db."""
+    return name.startswith("._") or name in OS_FILES
+
+
+def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[str, int]], dict[str, int]]:
+    """Sorted class folder names, (path relative to root, label) pairs in sorted order, like ImageFolder, and the
+    counts of files left out (OS files, broken links); at least two classes, each with an image file. Symbolic links
+    are followed, each folder read once per class (a link loop adds nothing)."""
+    classes = _class_folders(root)
     if len(classes) < 2:
         found = f"only one class folder ({classes[0]})" if classes else "no class folders"
         raise UsageError(f"{found} in {root}: a classifier needs at least 2, as {root}/<class>/<image>")
+    left_out: Counter[str] = Counter()
+    if (root / OS_FOLDER).is_dir():
+        left_out[OS_JUNK] += _count_files(root / OS_FOLDER)
     files: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        listed = len(files)
+        listed, seen = len(files), set()  # seen: (device, inode) of the folders read
         # os.walk rather than Path.rglob: listing 60k files this way is several times faster.
         for folder, subfolders, names in os.walk(root / name, followlinks=True):
+            stat = os.stat(folder)
+            if (stat.st_dev, stat.st_ino) in seen:  # reached again through a link: a loop or a second path to it
+                subfolders.clear()
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            for junk in [sub for sub in subfolders if sub == OS_FOLDER or sub.startswith(".")]:
+                subfolders.remove(junk)  # not read: __MACOSX/ (counted) and hidden folders (.ipynb_checkpoints/)
+                if junk == OS_FOLDER:
+                    left_out[OS_JUNK] += _count_files(Path(folder, junk))
             subfolders.sort()
             relative = os.path.relpath(folder, root)
-            files += [
-                (f"{relative}/{file}".replace(os.sep, "/"), label)
-                for file in sorted(names)
-                if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS
-            ]
+            for file in sorted(names):
+                if _is_os_file(file):
+                    left_out[OS_JUNK] += 1
+                elif not os.path.exists(os.path.join(folder, file)):  # a symbolic link to nothing
+                    left_out[BROKEN_LINKS] += 1
+                elif os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS:
+                    files.append((f"{relative}/{file}".replace(os.sep, "/"), label))
         if len(files) == listed:
             raise UsageError(f"class folder {root / name} holds no image ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return classes, files
+    return classes, files, dict(left_out)
+
+
+def _count_files(folder: Path) -> int:
+    """How many files a folder holds, at any depth (links to folders not followed)."""
+    return sum(len(names) for _, _, names in os.walk(folder))
 
 
 def _cache_path(root: Path, files: list[tuple[str, int]], size: tuple[int, int], cache_dir: Path) -> Path:
@@ -375,22 +448,26 @@ def _file_stamp(root: Path, relative: str) -> tuple[str, int, int]:
 
 def _read_image_folder(
     root: Path, size: tuple[int, int], cache_dir: Path, skip_bad: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Images (N, 3, H, W) uint8, labels, classes and skipped unreadable files of one ImageFolder split, from the cache when fresh."""
-    classes, files = _list_image_folder(root)
+) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str], dict[str, int]]:
+    """Images (N, 3, H, W) uint8, labels, classes, skipped unreadable files and the counts of other files left out
+    (_list_image_folder) of one ImageFolder split, from the cache when fresh."""
+    classes, files, left_out = _list_image_folder(root)
     cache = _cache_path(root, files, size, cache_dir)
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=True)
-            skipped = saved.get("skipped", [])
+            problem = _cache_mismatch(saved, classes, len(files), size)
         # Any unreadable cache file is simply rebuilt.
         except Exception as error:
             warnings.warn(f"ignoring unreadable cache file {cache}: {_one_line(error)}")
         else:
-            if skipped and not skip_bad:
-                raise UsageError(f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out")
-            _require_readable_classes(root, saved["classes"], saved["y"])
-            return saved["x"], saved["y"], saved["classes"], skipped
+            if problem is None:
+                skipped = saved["skipped"]
+                if skipped and not skip_bad:
+                    raise UsageError(f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out")
+                _require_readable_classes(root, classes, saved["y"])
+                return saved["x"], saved["y"], classes, skipped, left_out
+            warnings.warn(f"rebuilding cache file {cache}: {problem}")
     paths = [root / relative for relative, _ in files]
     x, kept = _decode_images(paths, size, skip_bad)
     y = torch.tensor([label for _, label in files], dtype=torch.int64)[kept]
@@ -399,7 +476,21 @@ def _read_image_folder(
     if skipped:
         warnings.warn(f"dataset.skip_bad=true: left out {len(skipped)} unreadable images of {root}, the first {root / skipped[0]}")
     _save_cache(cache, {"x": x, "y": y, "classes": classes, "skipped": skipped})
-    return x, y, classes, skipped
+    return x, y, classes, skipped, left_out
+
+
+def _cache_mismatch(saved: Any, classes: list[str], n_files: int, size: tuple[int, int]) -> str | None:
+    """Why a cache file that loaded does not hold its folder's decoded images (cut short, another layout), or None."""
+    if not isinstance(saved, dict) or not {"x", "y", "classes", "skipped"} <= saved.keys():
+        return "it lacks the keys x, y, classes and skipped"
+    x, y, skipped = saved["x"], saved["y"], saved["skipped"]
+    if saved["classes"] != classes:
+        return f"its classes {saved['classes']} are not the folder's {classes}"
+    if len(y) + len(skipped) != n_files or tuple(x.shape) != (len(y), 3, *size) or x.dtype != torch.uint8:
+        return f"it holds {tuple(x.shape)} {x.dtype} images, {len(y)} labels and {len(skipped)} skipped files for {n_files} files of {size[0]}x{size[1]}"
+    if y.dtype != torch.int64 or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes)):
+        return f"its labels are not {len(classes)} classes' int64 labels"
+    return None
 
 
 def _require_readable_classes(root: Path, classes: list[str], y: torch.Tensor) -> None:
@@ -422,13 +513,22 @@ def _decode_images(paths: list[Path], size: tuple[int, int], skip_bad: bool = Fa
                 image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
             except RuntimeError as error:
                 if not skip_bad:
-                    raise UsageError(f"cannot decode image {path}: {_one_line(error)}; dataset.skip_bad=true leaves such files out") from error
+                    raise UsageError(f"cannot decode image {path}: {_decoder_reason(error)}; dataset.skip_bad=true leaves such files out") from error
                 kept[i] = False
                 continue
+            if image.ndim == 4:  # an animated GIF: (frames, 3, H, W); its first frame is the image
+                image = image[0]
             if tuple(image.shape[-2:]) != size:
                 image = resize(image, list(size), antialias=True)
             out[i] = image
     return (out if bool(kept.all()) else out[kept]), kept
+
+
+def _decoder_reason(error: RuntimeError) -> str:
+    """torchvision's decoding error as its reason only: without the `<function>, <source file>:<line>, ` of its build,
+    nor its advice on AVIF and HEIC files."""
+    reason = re.sub(r"^[\w()]+, \S+:\d+, ", "", _one_line(error))
+    return re.sub(r"\s*For avif and heic format.*$", "", reason)
 
 
 def _save_cache(path: Path, content: dict[str, Any]) -> None:
@@ -468,7 +568,7 @@ def _load_synthetic(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageD
     prototypes = 48 + 160 * F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     train_x, train_y = _noisy_copies(prototypes, train_per_class, generator)
     test_x, test_y = _noisy_copies(prototypes, test_per_class, generator)
-    return ImageData(train_x, train_y, test_x, test_y, [f"c{i}" for i in range(n_classes)])
+    return ImageData(train_x, train_y, test_x, test_y, [f"c{i}" for i in range(n_classes)], test_source=f"generated: {test_per_class} per class")
 
 
 def _noisy_copies(

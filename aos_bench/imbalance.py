@@ -24,6 +24,9 @@ import torch
 from aos_bench.data import UsageError
 
 MINORITY_MODES = ("random", "first", "last")
+# Under imbalance=none a class is minority when the largest class has more than this many times its images: 1.5, the
+# lowest imbalance ratio of the KEEL repository's imbalanced data sets (docs/imbalance.md). 1 = every smaller class.
+NATURAL_RHO = 1.5
 
 
 @dataclass(frozen=True)
@@ -31,22 +34,29 @@ class Subset:
     indices: torch.Tensor  # int64 indices into the train split, grouped by class
     sizes: list[int]  # images per class, index = label
     minority_classes: list[int]  # labels treated as minority (AOS attacks these)
+    minority_rule: str = ""  # why those classes are minority, in words, for the run's log
 
 
-def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data_seed: int, natural_minority: bool = False) -> Subset:
-    """Draw the imbalanced training subset described by the `imbalance` config; under `none`, with `natural_minority`
-    every class smaller than the largest is minority (the built-in datasets have no minority classes there)."""
+def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data_seed: int, dataset: Mapping | None = None) -> Subset:
+    """Draw the imbalanced training subset described by the `imbalance` config; under `none`, the minority classes are
+    those that natural_minority() finds by the `dataset` config (none without it, as for the built-in datasets)."""
     gen = torch.Generator().manual_seed(data_seed)
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
     if cfg["kind"] == "none":
-        minority = [c for c, n in enumerate(counts) if n < max(counts)] if natural_minority else []
-        return Subset(torch.arange(len(labels)), counts, minority)
+        return Subset(torch.arange(len(labels)), counts, *natural_minority(counts, classes, dataset or {}))
+    if dataset is not None and dataset.get("minority_classes") is not None:
+        raise UsageError(
+            f"dataset.minority_classes is for imbalance=none (a split at its own sizes); imbalance={cfg['kind']} "
+            "makes its own minority classes: set imbalance.minority instead"
+        )
     n_max = majority_size(counts, cfg.get("n_max"))
     n_min = minority_size(n_max, cfg["rho"])
     if cfg.get("convention", "suite") == "cao2019":
         return cao2019_subset(labels, n_max, cfg, data_seed)
+    rule = f"every class smaller than the largest ({cfg['kind']} imbalance)"
     if cfg["kind"] == "step":
         sizes, minority = step_sizes(classes, cfg["mu"], n_min, n_max, cfg.get("minority", "random"), gen)
+        rule = f"the {len(minority)} classes cut to n_min={n_min} (step imbalance, imbalance.minority={cfg.get('minority', 'random')})"
     elif cfg["kind"] in ("linear", "exp"):
         n = len(classes)
         profile = linear_profile(n_min, n_max, n) if cfg["kind"] == "linear" else exp_profile(n_max, cfg["rho"], n)
@@ -54,7 +64,24 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
         minority = [c for c, n in enumerate(sizes) if n < max(sizes)]
     else:
         raise UsageError(f"imbalance.kind={cfg['kind']!r} is not one of: none, step, linear, exp")
-    return Subset(draw_images(labels, sizes, gen), sizes, minority)
+    return Subset(draw_images(labels, sizes, gen), sizes, minority, rule)
+
+
+def natural_minority(counts: list[int], classes: Sequence[str], dataset: Mapping) -> tuple[list[int], str]:
+    """Minority labels of a split kept at its own sizes, with their rule in words: dataset.minority_classes when set;
+    else, with dataset.natural_minority, every class that the largest outnumbers more than dataset.minority_rho times."""
+    named = dataset.get("minority_classes")
+    if named is not None:
+        chosen = sorted({class_index(c, classes, "dataset.minority_classes") for c in named})
+        if len(chosen) == len(classes):
+            raise UsageError(f"dataset.minority_classes names all {len(classes)} classes: leave at least one majority class")
+        return chosen, "named by dataset.minority_classes"
+    if not dataset.get("natural_minority", False):
+        return [], "none (imbalance=none)"
+    rho = dataset.get("minority_rho", NATURAL_RHO)
+    largest = max(counts)
+    minority = [c for c, n in enumerate(counts) if largest > rho * n]
+    return minority, f"the largest class ({largest} images) has more than dataset.minority_rho={rho:g} times its images"
 
 
 def majority_size(counts: list[int], n_max: int | None) -> int:
@@ -128,7 +155,8 @@ def cao2019_subset(labels: torch.Tensor, n_max: int, cfg: Mapping, data_seed: in
         members = np.flatnonzero(labels.numpy() == c)
         shuffle(members)
         picked.append(torch.from_numpy(members[:size]))
-    return Subset(torch.cat(picked), sizes, [c for c, size in enumerate(sizes) if size < max(sizes)])
+    minority = [c for c, size in enumerate(sizes) if size < max(sizes)]
+    return Subset(torch.cat(picked), sizes, minority, "every class smaller than the largest (exp imbalance, convention cao2019)")
 
 
 def ordered_sizes(profile: list[int], minority: object, gen: torch.Generator) -> list[int]:
@@ -152,13 +180,13 @@ def ordered_classes(n_classes: int, mode: str, gen: torch.Generator) -> list[int
     raise UsageError(f"imbalance.minority={mode!r} is not one of {MINORITY_MODES} or a list of classes")
 
 
-def class_index(name: object, classes: Sequence[str]) -> int:
-    """A class given as index or name, as its index."""
+def class_index(name: object, classes: Sequence[str], key: str = "imbalance.minority") -> int:
+    """A class given as index or name, as its index; `key` names the setting that gave it in the error."""
     if isinstance(name, int) and 0 <= name < len(classes):
         return name
     if isinstance(name, str) and name in classes:
         return classes.index(name)
-    raise UsageError(f"imbalance.minority has {name!r}: allowed are indices 0..{len(classes) - 1} or names {list(classes)}")
+    raise UsageError(f"{key} has {name!r}: allowed are indices 0..{len(classes) - 1} or names {list(classes)}")
 
 
 def draw_images(labels: torch.Tensor, sizes: list[int], gen: torch.Generator) -> torch.Tensor:

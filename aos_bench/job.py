@@ -22,6 +22,7 @@ from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
+from aos_bench.summary import data_lines, data_params, data_record
 from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, tracking_uri, ui_address
 from aos_bench.train import RunStats, fit, predict, recipe_of, resolve_precision, training_set
 
@@ -44,7 +45,7 @@ def prepare(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> tupl
     """Check the config, load the data and draw the imbalanced subset: every bad-input error is raised here."""
     validate(cfg)
     data = load(cfg.dataset, cfg.data_dir, cfg.cache_dir)
-    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed, cfg.dataset.get("natural_minority", False))
+    subset = make_subset(data.train_y, data.classes, cfg.imbalance, cfg.data_seed, cfg.dataset)
     if data.present is not None and not data.present[subset.indices].all():
         lacking = int((~data.present[subset.indices]).sum())
         raise UsageError(
@@ -76,6 +77,7 @@ def set_up_job(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> J
     """Everything a job trains with, in the order its random draws need: data, subset, torch settings, then the model
     initialised from `seed`."""
     data, subset = prepare(cfg, load)
+    log.info("\n".join(data_lines(data_record(cfg.dataset.name, data, subset))))  # what this job trains and tests on
     device = pick_device(cfg.train.device)
     set_up(cfg.train)
     tags = {"dataset": cfg.dataset.name, "method": cfg.method.name, "imbalance": cfg.imbalance.kind, "recipe": cfg.recipe.name}
@@ -91,9 +93,11 @@ def set_up_job(cfg: DictConfig, load: Callable[..., ImageData] = load_data) -> J
 
 
 def log_environment(job: Job, extra: dict[str, str] | None = None) -> None:
-    """Into the active run: the `env.*` params (with `extra` ones), and the normalisation when measured on the data."""
+    """Into the active run: the `env.*` params (with `extra` ones), the data's test source and minority rule, and the
+    normalisation when measured on the data."""
     cfg = job.cfg
     mlflow.log_params(describe(job.device, resolve_precision(job.device, cfg.train.precision)) | (extra or {}))
+    mlflow.log_params(data_params(data_record(cfg.dataset.name, job.data, job.subset)))
     if cfg.dataset.get("mean") is None or cfg.dataset.get("std") is None:  # measured on the training split
         mlflow.log_params({"dataset.train_mean": job.mean, "dataset.train_std": job.std})
 
@@ -102,15 +106,7 @@ def evaluate(job: Job, stats: RunStats) -> dict[str, float]:
     """Into the active run: the class counts, the test metrics and the per-class, confusion and adversarial artifacts
     of the trained job.model; returns the test metrics (percent)."""
     cfg, data, subset, method = job.cfg, job.data, job.subset, job.method
-    mlflow.log_dict(
-        {
-            "classes": data.classes,
-            "minority_classes": subset.minority_classes,
-            "imbalanced": subset.sizes,
-            "resampled": stats.class_counts,
-        },
-        "class_counts.json",
-    )
+    mlflow.log_dict(data_record(cfg.dataset.name, data, subset) | {"resampled": stats.class_counts}, "class_counts.json")
     y_true = data.test_y.numpy()
     priors = torch.tensor(subset.sizes, device=job.device)  # the imbalanced set's class sizes, for test-time corrections
     adjust = (lambda logits: method.adjust(logits, priors, cfg.method)) if method.adjust else None

@@ -105,6 +105,41 @@ def test_mnist_download_failure_is_a_usage_error(tmp_path: Path, monkeypatch: py
     assert "download failed" in message and "train-images-idx3-ubyte" in message
 
 
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_failed_download_creates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    dataset = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
+
+    def cut_off(self) -> None:  # as torchvision's download does offline: its folders made, a file begun, then the error
+        folder = Path(getattr(self, "raw_folder", self.root))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "archive.gz").write_bytes(b"cut")
+        if name == "mnist":  # MNIST tries each mirror and reports them all, the reason last
+            raise RuntimeError("Error downloading archive.gz:\nTried https://mirror/, got:\n<urlopen error [Errno -3] Temporary failure in name resolution>\n")
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(dataset, "download", cut_off)
+    with pytest.raises(UsageError) as error:
+        load_data(OmegaConf.create({"name": name, "download": True}), tmp_path / "nonexistent" / "dir", tmp_path / "cache")
+    assert "\n" not in str(error.value) and "name resolution" in str(error.value)
+    assert not (tmp_path / "nonexistent").exists()  # data_dir was not created, nor MNIST/raw in it
+
+
+def test_a_download_lands_in_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, labels = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8), torch.tensor([0, 1, 2], dtype=torch.uint8)
+
+    def fetched(self) -> None:  # the four IDX files, as torchvision leaves them after a download
+        Path(self.raw_folder).mkdir(parents=True)
+        for prefix in ("train", "t10k"):
+            for part, tensor in (("images-idx3", images), ("labels-idx1", labels)):
+                header = bytes([0, 0, 8, tensor.ndim]) + b"".join(n.to_bytes(4, "big") for n in tensor.shape)
+                Path(self.raw_folder, f"{prefix}-{part}-ubyte").write_bytes(header + tensor.numpy().tobytes())
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", fetched)
+    loaded = load_data(OmegaConf.create({"name": "mnist", "download": True}), tmp_path / "new" / "data", tmp_path / "cache")
+    assert torch.equal(loaded.train_x[:, 0], images) and loaded.test_y.tolist() == [0, 1, 2]
+    assert sorted(path.name for path in (tmp_path / "new" / "data" / "MNIST" / "raw").iterdir()) == sorted(data.MNIST_FILES)
+
+
 def test_cifar10_download_failure_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(self) -> None:
         raise URLError("[Errno -3] Temporary failure in name resolution")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import ROOT, make_config
 from omegaconf import OmegaConf
+from PIL import Image
 from test_data import forbid_decoding
 from test_sweep import copy_store, empty_store, env, stored, sweep_cli  # noqa: F401 (empty_store and env: fixtures)
 from torchvision.io import decode_image, read_file, write_png
@@ -18,10 +19,12 @@ from torchvision.io import decode_image, read_file, write_png
 from aos_bench import report
 from aos_bench.checks import validate
 from aos_bench.data import UsageError, load_data, normalisation
+from aos_bench.imbalance import make_subset
 from aos_bench.job import prepare
 from aos_bench.methods import METHODS
 from aos_bench.report import figures, paper
 from aos_bench.report.runs import METHODS as PAPER_METHODS, per_seed, sweep_runs
+from aos_bench.summary import data_lines, data_record
 from aos_bench.tracking import ensure_experiment
 
 # torchvision 0.29 deprecates write_png/decode_image (used here to make and check PNGs) on every call.
@@ -112,6 +115,14 @@ def test_mean_and_std_are_measured_on_the_training_split_unless_given(tmp_path):
     assert normalisation(make_config("dataset=mnist").dataset, images.train_x) == ([0.1307], [0.3081])  # a built-in's own
 
 
+def test_a_constant_channel_gets_std_1_not_0(tmp_path):
+    write_classes(tmp_path / "mine", {"a": 3, "b": 3})
+    images = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
+    images.train_x[:, 2] = 7  # no blue but 7 in any image: a std of 0 would turn every input into NaN
+    mean, std = normalisation(folder(tmp_path / "mine"), images.train_x)
+    assert mean[2] == pytest.approx(7 / 255) and std[2] == 1 and 0 < std[0] < 1
+
+
 def test_the_decoded_images_are_cached_as_for_the_built_in_folders(tmp_path, monkeypatch):
     write_classes(tmp_path / "mine", {"a": 4, "b": 3})
     first = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
@@ -119,6 +130,19 @@ def test_the_decoded_images_are_cached_as_for_the_built_in_folders(tmp_path, mon
     forbid_decoding(monkeypatch)
     second = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
     assert torch.equal(second.train_x, first.train_x) and torch.equal(second.test_y, first.test_y)
+
+
+def test_a_split_folder_besides_train_and_test_is_named_as_not_used(tmp_path):
+    for split in ("train", "test", "val"):
+        write_classes(tmp_path / "mine" / split, {"a": 2, "b": 2}, seed=len(split))
+    images = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
+    assert images.test_source == f"test folder {tmp_path}/mine/test (val/ not used)"
+    assert torch.bincount(images.train_y).tolist() == [2, 2] and torch.bincount(images.test_y).tolist() == [2, 2]
+
+
+def test_a_class_whose_name_holds_a_split_word_is_still_a_class(tmp_path):
+    write_classes(tmp_path / "lab", {"test_tube": 3, "flask": 3})  # one such name, not a split word alone: a class
+    assert load_data(folder(tmp_path / "lab"), tmp_path, tmp_path / "cache").classes == ["flask", "test_tube"]
 
 
 def test_skip_bad_leaves_unreadable_files_out_and_counts_them(tmp_path):
@@ -152,6 +176,42 @@ def test_a_mean_or_std_needs_one_value_per_channel(tmp_path):
     assert str(error.value) == "dataset.mean=[0.5]: one value per channel, and the images have 3 (dataset.channels)"
 
 
+def test_links_os_files_and_animated_gifs_are_read_as_a_user_means_them(tmp_path):
+    write_classes(tmp_path / "mine", {"a": 3, "b": 3})
+    a, b = tmp_path / "mine" / "a", tmp_path / "mine" / "b"
+    (a / "loop").symlink_to(a)  # a link loop: each image must count once, not once per lap
+    (a / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link
+    (b / "more").symlink_to(tmp_path / "elsewhere")  # a link to a folder outside, followed
+    write_classes(tmp_path / "elsewhere", {"x": 2}, seed=2)
+    (a / "._000.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # macOS metadata of 000.png
+    (a / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (b / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (tmp_path / "mine" / "__MACOSX" / "a").mkdir(parents=True)  # what a zip made on a Mac unpacks beside the classes
+    (tmp_path / "mine" / "__MACOSX" / "a" / "._000.png").write_bytes(b"\x00\x05\x16\x07")
+    frames = [Image.new("RGB", (6, 6), (200 * i, 40, 0)) for i in range(3)]
+    frames[0].save(b / "moving.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    images = load_data(folder(tmp_path / "mine", test_fraction=0.3), tmp_path, tmp_path / "cache")
+    assert images.classes == ["a", "b"]  # __MACOSX is not a class
+    assert torch.bincount(torch.cat([images.train_y, images.test_y])).tolist() == [3, 3 + 2 + 1]
+    assert images.left_out == {"OS files (__MACOSX/, ._*, .DS_Store, Thumbs.db)": 4, "broken links": 1}
+    first_frame = torch.tensor([0, 40, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 6, 6)
+    assert any(torch.equal(image, first_frame) for image in torch.cat([images.train_x, images.test_x]))
+    record = data_record("folder", images, make_subset(images.train_y, images.classes, {"kind": "none"}, 0))
+    assert data_lines(record)[-1] == "  left out: 4 OS files (__MACOSX/, ._*, .DS_Store, Thumbs.db), 1 broken links"
+
+
+def test_a_cache_file_cut_short_is_rebuilt(tmp_path):
+    write_classes(tmp_path / "mine", {"a": 4, "b": 3})
+    first = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
+    (cache,) = (tmp_path / "cache").glob("*.pt")
+    saved = torch.load(cache, weights_only=True)
+    torch.save(saved | {"x": saved["x"][:-2]}, cache)  # loads, but holds 2 images fewer than labels
+    with pytest.warns(UserWarning, match=r"rebuilding cache file .*: it holds \(5, 3, 6, 6\) torch.uint8 images, 7 labels"):
+        again = load_data(folder(tmp_path / "mine"), tmp_path, tmp_path / "cache")
+    assert torch.equal(again.train_x, first.train_x) and torch.equal(again.test_x, first.test_x)
+    assert torch.load(cache, weights_only=True)["x"].shape[0] == 7  # the rebuilt file
+
+
 # ---- the imbalance on top ----
 
 
@@ -167,7 +227,10 @@ def four_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "sizes", "minority"),
     [
-        (["imbalance=none"], [12, 9, 6, 5], [1, 2, 3]),  # the folder's own sizes; minority = smaller than the largest
+        # the folder's own sizes; minority = outnumbered more than 1.5 times by the largest: 12 > 1.5 x 6, not 1.5 x 9
+        (["imbalance=none"], [12, 9, 6, 5], [2, 3]),
+        (["imbalance=none", "dataset.minority_rho=1"], [12, 9, 6, 5], [1, 2, 3]),  # every class smaller than the largest
+        (["imbalance=none", "dataset.minority_classes=[b,3]"], [12, 9, 6, 5], [1, 3]),  # named, by name or index
         (["imbalance=none", "dataset.natural_minority=false"], [12, 9, 6, 5], []),
         # n_max = the smallest class, 5; n_min = round(5 / 5) = 1
         (["imbalance=step", "imbalance.mu=0.5", "imbalance.rho=5", "imbalance.minority=first"], [1, 1, 5, 5], [0, 1]),
@@ -181,6 +244,39 @@ def test_exact_class_counts_under_each_imbalance(four_classes, tmp_path, overrid
     assert subset.sizes == sizes and subset.minority_classes == minority
     assert torch.bincount(images.train_y[subset.indices], minlength=4).tolist() == sizes
     assert len(set(subset.indices.tolist())) == len(subset.indices)  # no image drawn twice
+
+
+def test_natural_minority_leaves_near_equal_classes_majority_and_logs_its_rule(tmp_path):
+    sizes = {f"c{i}": n for i, n in enumerate([146, 145, 144, 142, 141, 140, 139, 15, 15, 15])}  # seven near-equal, three small
+    write_classes(tmp_path / "mine" / "train", sizes)
+    write_classes(tmp_path / "mine" / "test", dict.fromkeys(sizes, 1), seed=1)
+    cfg = make_config("dataset=folder", f"dataset.root={tmp_path}/mine", "dataset.image_size=6", f"cache_dir={tmp_path}", "imbalance=none")
+    _, subset = prepare(cfg)
+    assert subset.minority_classes == [7, 8, 9]  # not the classes of 139 to 145 images
+    assert subset.minority_rule == "the largest class (146 images) has more than dataset.minority_rho=1.5 times its images"
+    cfg.dataset.minority_rho = 1  # the rule before: every class smaller than the largest
+    assert prepare(cfg)[1].minority_classes == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["dataset.minority_classes=[a,b,c,d]"], "dataset.minority_classes names all 4 classes: leave at least one majority class"),
+        (["dataset.minority_classes=[owl]"], "dataset.minority_classes has 'owl': allowed are indices 0..3 or names ['a', 'b', 'c', 'd']"),
+        (
+            ["dataset.minority_classes=[a]", "imbalance=step"],
+            "dataset.minority_classes is for imbalance=none (a split at its own sizes); imbalance=step makes its own "
+            "minority classes: set imbalance.minority instead",
+        ),
+        (["dataset.minority_rho=0.5"], "dataset.minority_rho=0.5: a number >= 1 (a class is minority when the largest class has more than minority_rho times its images)"),
+    ],
+)
+def test_a_bad_minority_override_is_one_line(four_classes, tmp_path, overrides, line):
+    cfg = make_config("dataset=folder", f"dataset.root={four_classes}", "dataset.image_size=6", f"cache_dir={tmp_path}", "imbalance=none", *overrides)
+    with pytest.raises(UsageError) as error:
+        validate(cfg)
+        prepare(cfg)
+    assert str(error.value) == line
 
 
 # ---- bad folders: one line each, exit code 2, before any training ----
@@ -221,9 +317,23 @@ def bad_folders(tmp: Path) -> dict[str, tuple[list[str], str]]:
     write_classes(tmp / "single", {"a": 4})
     write_classes(tmp / "unreadable", {"a": 3, "b": 3})
     (tmp / "unreadable" / "b" / "001.png").write_bytes(b"not an image")
-    with pytest.raises(RuntimeError) as reason:
+    with pytest.raises(RuntimeError, match="/__w/vision/"):  # torchvision's reason names a file of its build
         decode_image(read_file(str(tmp / "unreadable" / "b" / "001.png")))
+    for name in ("digits_train", "digits_test"):  # splits under other names: not a 2-class dataset
+        write_classes(tmp / "renamed" / name, {"0": 3, "1": 3}, seed=len(name))
+    write_classes(tmp / "spelled", {"training": 3, "testing": 3})
+    write_classes(tmp / "withval", {"cat": 3, "dog": 3, "val": 3})
+    splits = "named as splits, not classes: name them train/ and test/ (each with <class>/ folders), or point dataset.root at one split's folder to split its classes here"
     return {
+        "folders named as splits": (
+            [f"dataset.root={tmp}/renamed"], f"dataset.root={tmp}/renamed: {tmp}/renamed holds digits_test/, digits_train/, {splits}"
+        ),
+        "training and testing": (
+            [f"dataset.root={tmp}/spelled"], f"dataset.root={tmp}/spelled: {tmp}/spelled holds testing/, training/, {splits}"
+        ),
+        "a val folder among the classes": (
+            [f"dataset.root={tmp}/withval"], f"dataset.root={tmp}/withval: {tmp}/withval holds val/, {splits}"
+        ),
         "root not set": ([], "dataset.root: Missing mandatory value: dataset.root"),
         "missing root": (
             [f"dataset.root={tmp}/nowhere"],
@@ -264,8 +374,8 @@ def bad_folders(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "an unreadable file": (
             [f"dataset.root={tmp}/unreadable"],
-            f"dataset.root={tmp}/unreadable: cannot decode image {tmp}/unreadable/b/001.png: {str(reason.value).strip().splitlines()[0]}; "
-            "dataset.skip_bad=true leaves such files out",
+            f"dataset.root={tmp}/unreadable: cannot decode image {tmp}/unreadable/b/001.png: Unsupported image file. "
+            "Only jpeg, png, webp and gif are currently supported.; dataset.skip_bad=true leaves such files out",
         ),
     }
 
@@ -347,3 +457,44 @@ def test_paper_layout_on_a_folder_has_no_paper_column(tmp_path, empty_store):
     classes, minority, seed = figures.per_class(runs, figures.per_class_row(cells, None))
     figure = figures.figure(cells, runs, classes, minority, ("left", "right"))
     assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["folder"] and minority == ["owl"]  # one row
+
+
+# ---- what a run resolved, printed and logged before it trains ----
+
+
+def folder_cli(tmp_path: Path, env: dict[str, str], root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m aos_bench dataset=folder dataset.root=ROOT train=smoke ARGS` for 2 steps on 16 px images, started in
+    tmp_path (store tmp_path/mlruns)."""
+    shrink = ["train=smoke", "train.max_steps=2", "dataset.image_size=16", f"cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/out"]
+    command = [sys.executable, "-m", "aos_bench", "dataset=folder", f"dataset.root={root}", *shrink, *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_run_prints_and_logs_its_classes_counts_minority_rule_and_test_source_before_training(tmp_path, env, empty_store):
+    names = [f"{word}_photos" for word in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
+    write_classes(tmp_path / "mine", dict(zip(names, [10, 10, 10, 10, 10, 10, 10, 10, 4, 3])))
+    copy_store(empty_store, tmp_path / "mlruns")
+    result = folder_cli(tmp_path, env, tmp_path / "mine", "imbalance=none")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.splitlines()
+    loading = next(i for i, line in enumerate(out) if line.endswith(f"- loading folder {tmp_path}/mine"))
+    header = next(i for i, line in enumerate(out) if "- data: folder, 10 classes; test split: held out from" in line)
+    training = next(i for i, line in enumerate(out) if "epoch 1/" in line)
+    assert loading < header < training
+    assert out[header].endswith(f"held out from {tmp_path}/mine: 0.2 of each class (dataset.test_fraction), drawn with dataset.split_seed=0")
+    table = out[header + 1 : header + 7]  # two blocks of three rows: 10 names of 15 characters do not fit in 100
+    assert all(len(line) <= 100 for line in table), table
+    assert [line.split()[0] for line in table] == ["class", "train", "test"] * 2
+    cells = {row: [] for row in ("class", "train", "test")}
+    for line in table:
+        cells[line.split()[0]] += line.split()[1:]
+    # of 10 images 2 are held out, of 4 and of 3 one: round(0.2 n), at least 1
+    assert cells["train"] == ["8"] * 8 + ["3", "2"] and cells["test"] == ["2"] * 8 + ["1", "1"]
+    assert cells["class"] == names[:8] + ["ship_photos*", "truck_photos*"]
+    assert out[header + 7].startswith("  minority (*): ship_photos, truck_photos; rule: ")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = mlflow.search_runs(experiment_names=["aos_bench"]).iloc[0]
+    assert run["params.data.test_source"] == out[header].split("test split: ")[1]
+    counts = mlflow.artifacts.load_dict(f"{run['artifact_uri']}/class_counts.json")
+    assert counts["imbalanced"] == [8] * 8 + [3, 2] and counts["test"] == [2] * 8 + [1, 1] and counts["minority_classes"] == [8, 9]
+    assert counts["test_source"] == run["params.data.test_source"] and counts["minority_rule"] == run["params.data.minority_rule"]
