@@ -24,8 +24,9 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, Param
 
+from aos_bench.store import tracking_uri
 from aos_bench.sweep import last_parent
-from aos_bench.tracking import ensure_experiment, require_server, tracking_uri
+from aos_bench.tracking import ensure_experiment, require_server
 
 TEXT_ARTIFACTS = (".yaml", ".json", ".csv", ".md", ".txt")  # carried as text; anything else (figures) stays behind
 NESTING = ("mlflow.parentRunId", "sweep")  # the tags that hold the parent's run id, rewritten on import

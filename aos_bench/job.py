@@ -20,7 +20,8 @@ from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
-from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, run_name, tracking_uri, ui_address
+from aos_bench.store import tracking_uri
+from aos_bench.tracking import SWEEP_ENV, finished_metrics, job_run, run_name, ui_address
 from aos_bench.train import fit, predict, resolve_precision
 
 log = logging.getLogger(__name__)

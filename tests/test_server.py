@@ -19,7 +19,7 @@ from conftest import ROOT
 from test_sweep import sweep_cli
 
 from aos_bench import report
-from aos_bench.tracking import DOWN, REFUSED, server_problem
+from aos_bench.store import DOWN, REFUSED, server_problem
 
 SERVER_START = 120  # seconds `mlflow server` gets to answer (7 s on a quiet 2-core machine)
 JOB_FILES = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}  # every job's artifacts
