@@ -150,9 +150,10 @@ def test_unreachable_server_stops_before_any_job_with_one_line(tmp_path, env, mo
     seconds = time.monotonic() - start
     assert result.returncode == 2, result.stderr
     line = f"aos_bench: tracking.uri={uri} does not answer (connection refused); start the server or fix the address"
-    assert result.stderr.strip().splitlines()[-1] == line, result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "mlruns").exists()
-    assert seconds < 60, f"{seconds:.0f} s: imports take 5-12 s here; MLflow's own retries would take minutes"
+    assert result.stderr.splitlines() == [line] and "Traceback" not in result.stdout
+    assert not (tmp_path / "mlruns").exists()
+    # checked before torch and MLflow are imported (5-10 s here): 0.4 s on a quiet 2-core machine; MLflow's retries take minutes
+    assert seconds < 10, f"{seconds:.1f} s"
 
 
 @pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], pytest.param(["dataset=synthetic", "train=smoke"], marks=pytest.mark.slow)],
