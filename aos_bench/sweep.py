@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,10 +102,21 @@ def close_orphans(client: mlflow.MlflowClient, experiment_id: str, run_id: str) 
         client.set_terminated(orphan.info.run_id, "KILLED")
 
 
-def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, jobs_in_process: bool = True) -> None:
+def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, jobs_in_process: bool = True, key: str = "tracking.uri") -> None:
     """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when this process got a
     signal (`stopped`, or a KILLED job run when jobs run in this process), else FAILED: a job failed, or a job in
-    another process was stopped (scancel, a preemption) while the sweep itself was not."""
+    another process was stopped (scancel, a preemption) while the sweep itself was not. A store that fails here gets
+    one line (key: where uri was set)."""
+    try:
+        close_stopped(uri, run_id, stopped, jobs_in_process)
+    except Exception as error:  # at exit, where a traceback would follow the line that said what stopped the sweep
+        from aos_bench.tracking import store_failure
+
+        print(f"aos_bench: {store_failure(uri, key, f'end the stopped sweep {run_id}', error)}", file=sys.stderr)
+
+
+def close_stopped(uri: str, run_id: str, stopped: list[str] | None, jobs_in_process: bool) -> None:
+    """fail_if_running's work: mark the parent run KILLED or FAILED, with the `error` tag, if it is still RUNNING."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -215,7 +227,7 @@ class SweepTracking(Callback):
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
         stopped: list[str] = []
         stop_on_signals(stopped)
-        atexit.register(fail_if_running, self.uri, self.run_id, stopped, jobs_in_process(config.hydra.launcher))
+        atexit.register(fail_if_running, self.uri, self.run_id, stopped, jobs_in_process(config.hydra.launcher), self.key)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run; a failure
