@@ -50,11 +50,12 @@ def healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path, env: dict[str, str], *options: str) -> Iterator[str]:
-    """`mlflow server [options]` on 127.0.0.1 at a free port, its SQLite store and artifacts under folder; its URL."""
+def mlflow_server(folder: Path, env: dict[str, str], *options: str, backend: str | None = None) -> Iterator[str]:
+    """`mlflow server [options]` on 127.0.0.1 at a free port, its artifacts under folder and its runs in `backend` (a
+    database URI), else in an SQLite file there; its URL."""
     port = free_port()
     folder.mkdir()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend or f"sqlite:///{folder}/mlflow.db",
                "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1", *options]  # fmt: skip
     with open(folder / "server.log", "w") as log:
