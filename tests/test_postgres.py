@@ -26,7 +26,7 @@ def database(postgres: str) -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.mark.slow  # the server's start (its migrations on PostgreSQL) and a 2-job sweep; .ci/run runs it
+@pytest.mark.slow  # 48 to 58 s on a shared 2-core machine: the server's start (its migrations) and a 2-job sweep; .ci/run runs it
 def test_a_sweep_through_a_locked_server_keeps_its_runs_in_postgresql(tmp_path, env, database):  # noqa: F811
     secret = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[PASSWORD]}
     with mlflow_server(tmp_path / "server", env | secret, "--app-name", "basic-auth", backend=database) as url:
