@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from aos_bench.checks import hydra_error_line, validate
-from aos_bench.errors import UsageError, reject
+from aos_bench.errors import StoreFailed, UsageError, reject
 from aos_bench.paths import CONFIG_DIR
 from aos_bench.store import require_reachable, tracking_key, tracking_uri
 from aos_bench.sweep import jobs_in_process
@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> float:
     if single:  # a multirun checks the server once, in its launching process (aos_bench.sweep)
         require_reachable(uri, key)  # before the imports below (torch, MLflow: 5-10 s), where MLflow's retries take minutes
     from aos_bench.job import run
-    from aos_bench.tracking import STORE_ERRORS, StoreFailed, Terminated, require_scheme, store_failure
+    from aos_bench.tracking import STORE_ERRORS, Terminated, require_scheme, store_failure
 
     if single:
         require_scheme(uri, key)

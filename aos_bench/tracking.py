@@ -15,7 +15,7 @@ import requests
 import sqlalchemy
 from omegaconf import DictConfig, OmegaConf
 
-from aos_bench.errors import reject
+from aos_bench.errors import StoreFailed, reject
 from aos_bench.store import creation_lock, require_reachable, sqlite_path, tracking_key, tracking_uri
 
 ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` tag (MLflow caps tag values)
@@ -28,10 +28,6 @@ UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"  # the page of a
 
 # What a failing store raises: MLflow's own errors, an SQLite store's bare SQLAlchemy ones, a server's connection errors
 STORE_ERRORS = (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, requests.exceptions.RequestException)
-
-
-class StoreFailed(Exception):
-    """The tracking store failed, not the job: its message is the one line to show (store_failure's)."""
 
 
 class Terminated(Exception):
