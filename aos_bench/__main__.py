@@ -11,8 +11,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from aos_bench.checks import hydra_error_line, validate
-from aos_bench.errors import UsageError, reject
+from aos_bench.errors import StoreFailed, UsageError, reject
 from aos_bench.paths import CONFIG_DIR
+from aos_bench.store import require_reachable, tracking_key, tracking_uri
 from aos_bench.sweep import jobs_in_process
 
 log = logging.getLogger("aos_bench")
@@ -29,19 +30,27 @@ def main(cfg: DictConfig) -> float:
     except UsageError as error:
         reject(str(error))
     log.info("loading %s", data_source(cfg))  # at once: the imports below and the decoding take seconds
-    from aos_bench.job import run
-    from aos_bench.tracking import Terminated, require_server, tracking_key, tracking_uri
-
     single = HydraConfig.get().mode == RunMode.RUN
+    uri, key = tracking_uri(cfg.tracking), tracking_key(cfg.tracking)
     if single:  # a multirun checks the server once, in its launching process (aos_bench.sweep)
-        require_server(tracking_uri(cfg.tracking), tracking_key(cfg.tracking))
+        require_reachable(uri, key)  # before the imports below (torch, MLflow: 5-10 s), where MLflow's retries take minutes
+    from aos_bench.job import run
+    from aos_bench.tracking import STORE_ERRORS, Terminated, require_scheme, store_failure
+
+    if single:
+        require_scheme(uri, key)
     interactive = single and sys.stderr.isatty()
+    in_process = single or jobs_in_process(HydraConfig.get().launcher)  # this process runs the sweep too
     try:
         return run(cfg, interactive=interactive)["test_f1_macro"]
     except UsageError as error:
         reject(str(error))
+    except (StoreFailed, *STORE_ERRORS) as error:  # the run so far stays in the store, as far as the store still answers
+        if not in_process:
+            raise  # a job process of joblib or submitit: its launcher gets the job back, and its sweep ends FAILED
+        reject(str(error) if isinstance(error, StoreFailed) else store_failure(uri, key, "log this job's run", error))
     except (KeyboardInterrupt, Terminated) as error:  # the job's run is KILLED by now
-        if single or jobs_in_process(HydraConfig.get().launcher):  # this process runs the sweep too
+        if in_process:
             print(f"aos_bench: {str(error) or 'interrupted (Ctrl-C)'}; a run it had started is marked KILLED", file=sys.stderr)
             raise SystemExit(130 if isinstance(error, KeyboardInterrupt) else 143) from None  # 128 + SIGINT or SIGTERM
         raise  # a job process of joblib or submitit: its launcher gets the job back

@@ -24,8 +24,9 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, Param
 
+from aos_bench.store import tracking_uri
 from aos_bench.sweep import last_parent
-from aos_bench.tracking import ensure_experiment, require_server, tracking_uri
+from aos_bench.tracking import ensure_experiment, require_server
 
 TEXT_ARTIFACTS = (".yaml", ".json", ".csv", ".md", ".txt")  # carried as text; anything else (figures) stays behind
 NESTING = ("mlflow.parentRunId", "sweep")  # the tags that hold the parent's run id, rewritten on import
@@ -94,8 +95,8 @@ def import_sweep(uri: str, path: Path) -> tuple[str, int, int]:
     skipped because that store already has a FINISHED run of their job in that sweep)."""
     lines = path.read_text().splitlines()
     parent, jobs = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+    experiment_id = ensure_experiment(uri, parent["experiment"])  # first: a client opens the store, which the lock covers
     client = mlflow.MlflowClient(uri)
-    experiment_id = ensure_experiment(uri, parent["experiment"])
     same = last_parent(client, experiment_id, parent["tags"]["sweep_key"])
     if same:
         parent_id = same[0].info.run_id

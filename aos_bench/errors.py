@@ -12,6 +12,10 @@ class UsageError(Exception):
     """Bad input from the user (config value, missing files): shown as one line, no traceback."""
 
 
+class StoreFailed(Exception):
+    """The tracking store failed, not the job (it could not be opened, or a run not logged): the message is one line."""
+
+
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run ends FAILED, its message names the step and what to lower."""
 

@@ -22,8 +22,9 @@ from aos_bench.metrics import per_class, scores
 from aos_bench.models import build_model
 from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
+from aos_bench.store import tracking_uri
 from aos_bench.summary import data_lines, data_params, data_record
-from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, tracking_uri, ui_address
+from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, ui_address
 from aos_bench.train import RunStats, fit, predict, recipe_of, resolve_precision, training_set
 
 log = logging.getLogger(__name__)

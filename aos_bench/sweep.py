@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from aos_bench.checks import hydra_error_line, override_key, stack_problem, validate
 from aos_bench.errors import UsageError, reject
 from aos_bench.progress import watch
+from aos_bench.store import require_reachable, tracking_key, tracking_uri
 
 if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
     import mlflow
@@ -100,10 +102,21 @@ def close_orphans(client: mlflow.MlflowClient, experiment_id: str, run_id: str) 
         client.set_terminated(orphan.info.run_id, "KILLED")
 
 
-def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, jobs_in_process: bool = True) -> None:
+def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, jobs_in_process: bool = True, key: str = "tracking.uri") -> None:
     """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when this process got a
     signal (`stopped`, or a KILLED job run when jobs run in this process), else FAILED: a job failed, or a job in
-    another process was stopped (scancel, a preemption) while the sweep itself was not."""
+    another process was stopped (scancel, a preemption) while the sweep itself was not. A store that fails here gets
+    one line (key: where uri was set)."""
+    try:
+        close_stopped(uri, run_id, stopped, jobs_in_process)
+    except Exception as error:  # at exit, where a traceback would follow the line that said what stopped the sweep
+        from aos_bench.tracking import store_failure
+
+        print(f"aos_bench: {store_failure(uri, key, f'end the stopped sweep {run_id}', error)}", file=sys.stderr)
+
+
+def close_stopped(uri: str, run_id: str, stopped: list[str] | None, jobs_in_process: bool) -> None:
+    """fail_if_running's work: mark the parent run KILLED or FAILED, with the `error` tag, if it is still RUNNING."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
@@ -195,41 +208,57 @@ class SweepTracking(Callback):
             reject(str(error))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id."""
+        """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id.
+        Any failure stops the command with one line: Hydra would turn it into a warning and run every job untracked."""
+        self.uri, self.key = tracking_uri(config.tracking), tracking_key(config.tracking)
+        require_reachable(self.uri, self.key)  # first: seconds, before torch and MLflow are imported
         jobs = check_values(config)
-        import mlflow
+        from aos_bench.tracking import SWEEP_ENV, ensure_experiment, require_scheme, store_failure
 
-        from aos_bench.tracking import SWEEP_ENV, ensure_experiment, require_server, tracking_key, tracking_uri
-
-        self.uri = tracking_uri(config.tracking)
-        require_server(self.uri, tracking_key(config.tracking))  # before the data: seconds, where MLflow's retries take minutes
+        require_scheme(self.uri, self.key)
         check_jobs(jobs)
-        client = mlflow.MlflowClient(self.uri)
-        self.run_id = open_parent(config, client, ensure_experiment(self.uri, config.tracking.experiment))
+        try:
+            experiment_id = ensure_experiment(self.uri, config.tracking.experiment)  # before any client: it opens the store
+            self.run_id = open_parent(config, mlflow_client(self.uri), experiment_id)
+        except Exception as error:
+            reject(store_failure(self.uri, self.key, "create the sweep's parent run", error) + "; no job of this sweep has run")
         os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job
         FINISH_PROGRESS[self.run_id] = watch(self.uri, self.run_id, len(jobs))
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
         stopped: list[str] = []
         stop_on_signals(stopped)
-        atexit.register(fail_if_running, self.uri, self.run_id, stopped, jobs_in_process(config.hydra.launcher))
+        atexit.register(fail_if_running, self.uri, self.run_id, stopped, jobs_in_process(config.hydra.launcher), self.key)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run."""
-        import mlflow
-
-        from aos_bench.tracking import ui_address
+        """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run; a failure
+        stops the command with one line (every job's run is in the store by now, and stays)."""
+        from aos_bench.tracking import store_failure, ui_address
 
         FINISH_PROGRESS.pop(self.run_id)()
-        client = mlflow.MlflowClient(self.uri)
-        client.set_terminated(self.run_id, "FINISHED")
-        log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))
+        try:
+            client = mlflow_client(self.uri)
+            client.set_terminated(self.run_id, "FINISHED")
+            log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))
+        except Exception as error:
+            reject(store_failure(self.uri, self.key, "mark the sweep's parent run FINISHED", error) + "; its jobs' runs are kept")
         if not self.report:
             return
         from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
 
         # The sweep dir, not results/: a quick or partial sweep must not overwrite the committed tables;
-        # `python -m aos_bench.report` writes results/ on purpose. Hydra turns an error here into a warning.
-        paths = write_report(self.uri, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir))
-        for path in paths:
-            client.log_artifact(self.run_id, str(path), "report")
+        # `python -m aos_bench.report` writes results/ on purpose.
+        try:
+            paths = write_report(self.uri, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir))
+            for path in paths:
+                client.log_artifact(self.run_id, str(path), "report")
+        except Exception as error:
+            line = store_failure(self.uri, self.key, "write the sweep's report", error)
+            reject(f"{line}; the runs are kept: `python -m aos_bench.report --sweep {self.run_id}` writes it again")
         log.info("report: %s\n%s", paths[0], paths[0].read_text())
+
+
+def mlflow_client(uri: str) -> mlflow.MlflowClient:
+    """MLflow's client of the store at uri (imported here: Hydra builds the callback for single runs too)."""
+    import mlflow
+
+    return mlflow.MlflowClient(uri)

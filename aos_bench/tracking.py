@@ -1,28 +1,22 @@
 """MLflow: the store, one run per job, its params, tags, metrics and artifacts."""
 
-import base64
 import contextlib
 import hashlib
 import json
 import os
 import signal
-import socket
-import ssl
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import mlflow
 import pandas as pd
-from mlflow.environment_variables import MLFLOW_TRACKING_TOKEN
-from mlflow.utils.credentials import read_mlflow_creds
+import requests
+import sqlalchemy
 from omegaconf import DictConfig, OmegaConf
 
-from aos_bench.checks import CREDENTIALS, NO_CREDENTIALS, holds_credentials
-from aos_bench.errors import reject
+from aos_bench.errors import StoreFailed, reject
+from aos_bench.store import creation_lock, require_reachable, sqlite_path, tracking_key, tracking_uri
 
 ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` tag (MLflow caps tag values)
 SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_bench.sweep to every job process
@@ -30,9 +24,10 @@ SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_
 NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: a training experiment, not GenAI
 UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"  # the page of an experiment's training runs (MLflow 3.x)
-SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before any job starts (MLflow's client retries for minutes)
-DOWN = "does not answer ({}); start the server or fix the address"  # {}: why, in a few words
-REFUSED = f"refused the credentials (HTTP {{}}); set {CREDENTIALS}"  # {}: 401 or 403, from `mlflow server --app-name basic-auth`
+
+
+# What a failing store raises: MLflow's own errors, an SQLite store's bare SQLAlchemy ones, a server's connection errors
+STORE_ERRORS = (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, requests.exceptions.RequestException)
 
 
 class Terminated(Exception):
@@ -66,69 +61,6 @@ def sigterm_raises() -> Iterator[list[int]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def tracking_uri(cfg: Mapping) -> str:
-    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else an SQLite file under ./mlruns (absolute, so Hydra's run dirs don't matter)."""
-    if cfg.get("uri"):
-        return str(cfg["uri"])
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd().resolve() / 'mlruns' / 'mlflow.db'}"
-
-
-def tracking_key(cfg: Mapping) -> str:
-    """Where tracking_uri(cfg) comes from, for error messages: `tracking.uri` or the environment variable."""
-    return "tracking.uri" if cfg.get("uri") else "MLFLOW_TRACKING_URI"
-
-
-def failure_reason(error: BaseException, timeout: float) -> str:
-    """A few words on why a connection failed: connection refused, unknown host, no answer within 5 s, ..."""
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, socket.gaierror):
-        return "unknown host"
-    if isinstance(error, TimeoutError):
-        return f"no answer within {timeout:g} s"
-    return str(getattr(error, "strerror", None) or error)
-
-
-def http_failure(error: urllib.error.HTTPError) -> str | None:
-    """What an HTTP error says is wrong with the tracking server (5xx: MLflow's client would retry it for minutes), else None."""
-    if error.code == 403 and error.read(100).startswith(b"Invalid Host header"):  # MLflow 3's DNS-rebinding guard
-        return DOWN.format("HTTP 403: the server's --allowed-hosts does not list this host name")
-    if error.code in (401, 403):  # no credentials, wrong ones, or a user the server does not let in
-        return REFUSED.format(error.code)
-    if error.code == 404:
-        return DOWN.format("HTTP 404: no MLflow API at this address")
-    return DOWN.format(f"HTTP {error.code} {error.reason}") if error.code >= 500 else None
-
-
-def auth_header() -> dict[str, str]:
-    """The Authorization header MLflow's client sends: basic auth from $MLFLOW_TRACKING_USERNAME and
-    $MLFLOW_TRACKING_PASSWORD (else ~/.mlflow/credentials), else $MLFLOW_TRACKING_TOKEN as a bearer token; or none."""
-    user, password = read_mlflow_creds()
-    if user and password:
-        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-    return {"Authorization": f"Bearer {MLFLOW_TRACKING_TOKEN.get()}"} if MLFLOW_TRACKING_TOKEN.get() else {}
-
-
-def server_problem(uri: str, timeout: float = SERVER_TIMEOUT) -> str | None:
-    """What stops jobs at the HTTP tracking server at uri, in the words after `key=uri`: it does not answer one API
-    request, or it refuses the credentials MLflow's client sends; None when it serves it (or uri is a file store)."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, headers=auth_header()), timeout=timeout).close()
-    except urllib.error.HTTPError as error:
-        return http_failure(error)
-    except OSError as error:  # URLError wraps connect failures in .reason; a read timeout comes bare
-        reason = getattr(error, "reason", error)
-        if isinstance(reason, ssl.SSLError):  # it answers; certificates are MLflow's business (MLFLOW_TRACKING_INSECURE_TLS)
-            return None
-        return DOWN.format(failure_reason(reason, timeout) if isinstance(reason, BaseException) else str(reason))
-    return None
-
-
 def store_problem(uri: str) -> str | None:
     """Why MLflow cannot keep runs at uri, in the words after `key=uri`: a scheme it has no tracking store for; else None."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores  # the registry MLflow itself consults
@@ -141,32 +73,46 @@ def store_problem(uri: str) -> str | None:
     return None
 
 
-def require_server(uri: str, key: str) -> None:
-    """Stop with one line and exit code 2 when uri names a user or password or a scheme MLflow has no store for, or
-    the tracking server there does not answer or refuses the credentials (key: where uri was set)."""
-    if holds_credentials(uri):
-        reject(f"{key}={uri}: {NO_CREDENTIALS}")  # reject shows the password as ***
+def require_scheme(uri: str, key: str) -> None:
+    """Stop with one line and exit code 2 when uri names a scheme MLflow has no tracking store for (key: where uri was set)."""
     if (problem := store_problem(uri)) is not None:
         reject(f"{key}={uri} {problem}")
-    if (problem := server_problem(uri)) is not None:
-        reject(f"{key}={uri} {problem}")
+
+
+def require_server(uri: str, key: str) -> None:
+    """Stop with one line and exit code 2 when uri names a user or password, the tracking server there does not answer
+    or refuses the credentials, or uri names a scheme MLflow has no store for (key: where uri was set)."""
+    require_reachable(uri, key)
+    require_scheme(uri, key)
+
+
+def store_failure(uri: str, key: str, what: str, error: BaseException) -> str:
+    """The one line that says what failed on the store at uri: `tracking.uri=<uri>: could not <what> (<error>)`."""
+    first = (str(error).strip().splitlines() or [""])[0][:300]  # SQLAlchemy appends its SQL and a help link below
+    return f"{key}={uri}: could not {what} ({type(error).__name__}: {first})"
+
+
+@contextlib.contextmanager
+def store_step(tracking: Mapping, what: str) -> Iterator[None]:
+    """Within the block every error is the store's (it only opens the store or logs): raised as StoreFailed."""
+    try:
+        yield
+    except Exception as error:  # a migration half done by another process raises anything: alembic's, ValueError, ...
+        raise StoreFailed(store_failure(tracking_uri(tracking), tracking_key(tracking), what, error)) from error
 
 
 def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, creating the store and the experiment when missing (artifacts beside an SQLite file)."""
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    try:
-        return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
-        return mlflow.get_experiment_by_name(name).experiment_id
+    with creation_lock(uri):  # the store's first open in this process creates its schema when the file is new
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = (path.parent.absolute() / "artifacts").as_uri() if (path := sqlite_path(uri)) else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a job on a server store, which takes no lock
+            return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def ui_address(uri: str, experiment_id: str) -> str:
@@ -223,14 +169,15 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
     """In a multirun, the metrics of a FINISHED run of this sweep with this config_hash (the job is done), else None."""
     if not os.environ.get(SWEEP_ENV):
         return None
-    experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
     sweep, config = os.environ[SWEEP_ENV], config_hash(cfg)
-    done = mlflow.search_runs(
-        [experiment_id],
-        f"tags.sweep = '{sweep}' and tags.config_hash = '{config}' and attributes.status = 'FINISHED'",
-        max_results=1,
-        output_format="list",
-    )
+    with store_step(cfg.tracking, "look up this sweep's finished runs"):
+        experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
+        done = mlflow.search_runs(
+            [experiment_id],
+            f"tags.sweep = '{sweep}' and tags.config_hash = '{config}' and attributes.status = 'FINISHED'",
+            max_results=1,
+            output_format="list",
+        )
     return dict(done[0].data.metrics) if done else None
 
 
@@ -238,19 +185,20 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
 def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run for one job, in a multirun nested under its sweep's; ends FINISHED, or FAILED (KILLED when
     interrupted or sent SIGTERM) with the `error` tag."""
-    experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
     described = {"mlflow.note.content": command_line()}  # the run's description in the UI
-    with (
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name(cfg), tags=run_tags(cfg, tags) | described) as run,
-        sigterm_raises() as received,
-    ):
+    with store_step(cfg.tracking, "open the store and start this job's run"):
+        experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment)
+        started = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(cfg), tags=run_tags(cfg, tags) | described)
+    with started as run, sigterm_raises() as received:
         try:
-            mlflow.log_params(flat_params(cfg))
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            with store_step(cfg.tracking, "log this job's config"):
+                mlflow.log_params(flat_params(cfg))
+                mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
             yield run
         except BaseException as error:
-            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
-            mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) or received else "FAILED")
+            with contextlib.suppress(*STORE_ERRORS):  # the store failing: the run stays RUNNING, a resume marks it KILLED
+                mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
+                mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) or received else "FAILED")
             if isinstance(error, SigTerm):
                 raise Terminated(str(error)) from None
             raise

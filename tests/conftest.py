@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A relative AOS_DATA_DIR is taken from the project root, like the default ../shared/data.
 DATA = (ROOT / os.environ.get("AOS_DATA_DIR", "../shared/data")).resolve()
 LOCAL_SLURM = ROOT / "scripts" / "local_slurm.sh"
+LOCAL_POSTGRES = ROOT / "scripts" / "local_postgres.sh"
 
 
 def needs(folder: str) -> pytest.MarkDecorator:
@@ -89,3 +90,30 @@ def slurm_cluster() -> Iterator[dict[str, str]]:
     subprocess.run(["scancel", "--full", f"--user={os.geteuid()}"], env={**os.environ, "SLURM_CONF": str(conf)})
     if started:
         local_slurm("stop")
+
+
+def local_postgres(command: str) -> subprocess.CompletedProcess:
+    """`scripts/local_postgres.sh COMMAND`, its output captured."""
+    return subprocess.run([str(LOCAL_POSTGRES), command], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A running PostgreSQL server on 127.0.0.1 (scripts/local_postgres.sh): yields the URI of its database `mlflow`.
+
+    Reuses a server the script already started; otherwise starts one and stops it after the tests. Skips where it cannot:
+    without root, without the postgresql package (`scripts/local_postgres.sh install`), or without the psycopg driver
+    that SQLAlchemy 2.1 uses for postgresql:// URIs (`pip install -e '.[test]'`).
+    """
+    pytest.importorskip("psycopg", reason="SQLAlchemy's postgresql:// driver: pip install 'psycopg[binary]' (in the test extra)")
+    started = local_postgres("status").returncode != 0
+    if started:
+        if os.geteuid() != 0:
+            pytest.skip("starting PostgreSQL as the user postgres needs root (or start scripts/local_postgres.sh as root first)")
+        if not list(Path("/usr/lib/postgresql").glob("*/bin/postgres")):
+            pytest.skip("PostgreSQL not installed: run `scripts/local_postgres.sh install` as root")
+        result = local_postgres("start")
+        assert result.returncode == 0, f"scripts/local_postgres.sh start failed:\n{result.stdout}{result.stderr}"
+    yield local_postgres("uri").stdout.strip()
+    if started:
+        local_postgres("stop")

@@ -14,7 +14,8 @@ from test_server import env, free_port, mlflow_server, run_files  # noqa: F401 (
 from test_sweep import sweep_cli
 
 from aos_bench import report
-from aos_bench.tracking import require_server, server_problem
+from aos_bench.store import server_problem
+from aos_bench.tracking import require_server
 
 USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic auth
 ADMIN = {USER: "admin", PASSWORD: "admin-Pw-3c81f0d2"}  # MLflow 3.17 takes passwords of 12 characters or more

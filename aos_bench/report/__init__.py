@@ -25,7 +25,8 @@ from aos_bench.report.lt import write_lt  # noqa: E402
 from aos_bench.report.paper import write_paper  # noqa: E402
 from aos_bench.report.runs import find_sweep, one_recipe, sweep_runs  # noqa: E402
 from aos_bench.report.studies import write_methods, write_sensitivity  # noqa: E402
-from aos_bench.tracking import require_server, tracking_uri  # noqa: E402
+from aos_bench.store import tracking_uri  # noqa: E402
+from aos_bench.tracking import require_server  # noqa: E402
 
 LAYOUTS: dict[str, Callable[..., list[Path]]] = {  # the studies beyond the paper's tables; any other preset: write_paper
     "methods": write_methods,

@@ -1,0 +1,95 @@
+"""The store: many sweeps created on one fresh SQLite file at once, a failing store stopping the command in one line, and
+the server check made before MLflow, torch or pandas is imported."""
+
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from test_server import free_port
+from test_sweep import TINY, env  # noqa: F401 (env: the subprocesses' environment fixture)
+
+from aos_bench.store import creation_lock
+
+SWEEPS = 8  # sweeps started at once on one fresh store: each lost its parent run, or all failed, before the creation lock
+
+
+def launch(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:  # noqa: F811
+    """`python -m aos_bench ARGS` started (not awaited) in folder, its output in folder/out and folder/err."""
+    folder.mkdir(parents=True)
+    command = [sys.executable, "-m", "aos_bench", *args]
+    with open(folder / "out", "w") as out, open(folder / "err", "w") as err:
+        return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err)
+
+
+@pytest.mark.slow  # 50 to 96 s on a shared 2-core machine (eight processes import torch at once); .ci/run runs it
+def test_sweeps_started_together_on_a_fresh_store_each_keep_their_parent_and_jobs(tmp_path, env):  # noqa: F811
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"  # no file yet: every sweep finds it missing
+    processes = [
+        launch(tmp_path / f"sweep{seed}", env, "-m", *TINY, "method=base", f"seed={seed}", f"tracking.uri={uri}",
+               f"hydra.sweep.dir={tmp_path}/sweep{seed}/multirun")  # fmt: skip
+        for seed in range(SWEEPS)
+    ]
+    codes = [process.wait(timeout=600) for process in processes]
+    outputs = {seed: (tmp_path / f"sweep{seed}" / "out").read_text() + (tmp_path / f"sweep{seed}" / "err").read_text() for seed in range(SWEEPS)}
+    assert codes == [0] * SWEEPS, outputs
+    for seed, output in outputs.items():
+        assert "Traceback" not in output and "raised" not in output, f"sweep {seed}: {output}"  # `Callback ... raised`: a warning
+
+    runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("aos_bench").experiment_id])
+    parents = {run.info.run_id: run for run in runs if "sweep_key" in run.data.tags}
+    children = [run for run in runs if "sweep_key" not in run.data.tags]
+    assert len(parents) == SWEEPS and len(children) == SWEEPS, "one parent run and one job run per sweep"
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    for child in children:
+        parent = parents[child.data.tags["sweep"]]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert f"seed={child.data.params['seed']}" in parent.data.tags["sweep_command"].split(), "each job under its own sweep"
+    assert sorted(child.data.params["seed"] for child in children) == [str(seed) for seed in range(SWEEPS)]
+
+
+def test_the_creation_lock_keeps_out_a_second_process_and_its_wait_is_bounded(tmp_path, env):  # noqa: F811
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    waits = f"from aos_bench.store import creation_lock\nwith creation_lock('{uri}', wait=1.0):\n    print('entered')"
+    with creation_lock(uri):
+        start = time.monotonic()
+        held = subprocess.run([sys.executable, "-c", waits], env=env, capture_output=True, text=True, timeout=60)
+        seconds = time.monotonic() - start
+    assert held.returncode == 2 and held.stdout == "", held.stderr
+    assert held.stderr.splitlines() == [f"aos_bench: tracking store {uri}: another process has been creating it for over 1 s "
+                                        f"({tmp_path}/store/mlflow.db.lock); is one stuck?"]  # fmt: skip
+    assert 1.0 <= seconds < 30
+    free = subprocess.run([sys.executable, "-c", waits], env=env, capture_output=True, text=True, timeout=60)
+    assert (free.returncode, free.stdout) == (0, "entered\n"), free.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "what"),
+    [(["-m", *TINY, "method=base", "seed=0"], "create the sweep's parent run"),
+     (["dataset=synthetic", "train=smoke", "train.max_steps=1"], "open the store and start this job's run")],
+    ids=["sweep", "run"],
+)  # fmt: skip
+def test_a_store_that_fails_stops_the_command_in_one_line_and_keeps_the_file(tmp_path, env, mode, what):  # noqa: F811
+    store = tmp_path / "store" / "mlflow.db"
+    store.parent.mkdir()
+    store.write_bytes(hashlib.sha256(b"not an SQLite file").digest() * 128)  # 4 KiB that SQLite cannot read
+    before = store.read_bytes()
+    uri = f"sqlite:///{store}"
+    command = [sys.executable, "-m", "aos_bench", *mode, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.run.dir={tmp_path}/run"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    why = "(DatabaseError: (sqlite3.DatabaseError) file is not a database)"
+    tail = "; no job of this sweep has run" if mode[0] == "-m" else ""
+    assert result.stderr.splitlines() == [f"aos_bench: tracking.uri={uri}: could not {what} {why}{tail}"]
+    assert "Traceback" not in result.stdout and store.read_bytes() == before, "the store's file is left as it was"
+
+
+def test_the_server_check_imports_neither_mlflow_nor_torch_nor_pandas(env):  # noqa: F811
+    probe = ("import sys\nfrom aos_bench.store import server_problem\n"
+             f"print(server_problem('http://127.0.0.1:{free_port()}'))\n"
+             "print(sorted(name for name in ('mlflow', 'torch', 'torchvision', 'pandas') if name in sys.modules))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines() == ["does not answer (connection refused); start the server or fix the address", "[]"], result.stderr
