@@ -57,9 +57,9 @@ class ImageData:
     test_y: torch.Tensor
     classes: list[str]
     skipped: tuple[str, ...] = ()  # unreadable image files left out (dataset.skip_bad=true)
-    present: torch.Tensor | None = None  # from a pack (aos_bench.pack): which train images it holds; None = all
     test_source: str = "the dataset's own test split"  # where the test images come from, in words, for the run's log
     left_out: Mapping[str, int] = field(default_factory=dict)  # files of the folders not read as images: kind -> count
+    present: torch.Tensor | None = None  # from a pack (aos_bench.pack): which train images it holds; None = all
 
 
 def default_cache_dir() -> Path:

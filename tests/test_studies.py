@@ -119,6 +119,23 @@ def test_every_method_finishes_a_smoke_sweep_and_the_methods_report(tmp_path):
     assert sorted(table["method"]) == sorted(METHODS) and table["seeds"].eq(2).all()
 
 
+def test_the_cifar10_lt_preset_finishes_a_smoke_sweep_with_its_schedule_and_report(tmp_path):
+    home = tmp_path / "home"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "mpl"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = str(ROOT)
+    args = ["experiment=cifar10_lt", "dataset=synthetic", "train=smoke", "seed=0", "method=ros,ldam_drw", f"hydra.sweep.dir={tmp_path}/multirun"]
+    result = subprocess.run(
+        [sys.executable, "-m", "aos_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["aos_bench"], filter_string="tags.config_hash LIKE '%'")
+    assert len(runs) == 4 and (runs["status"] == "FINISHED").all() and (runs["metrics.train_steps"] == 6).all()
+    assert set(runs["params.train.schedule"]) == {"step"} and set(runs["params.train.nesterov"]) == {"False"}
+    assert set(runs["params.imbalance.convention"]) == {"cao2019"} and set(runs["params.imbalance.rho"]) == {"100", "10"}
+    assert "top-1 rho=100" in (tmp_path / "multirun" / "cifar10_lt.md").read_text()  # the preset's own layout
+
+
 def test_a_later_sweep_that_reruns_one_methods_cells_replaces_them_and_the_page_says_so(tmp_path, store):
     row = {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.9}
     first = fake_sweep(store, "methods", [{**row, "method.name": m, "seed": s, "f1": f1 + s}
