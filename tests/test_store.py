@@ -25,7 +25,7 @@ def launch(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:  
         return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err)
 
 
-@pytest.mark.slow  # 50 to 96 s on a shared 2-core machine (eight processes import torch at once); .ci/run runs it
+@pytest.mark.slow  # 96-121 s on a shared 2-core machine (eight processes import torch at once); .ci/run runs it
 def test_sweeps_started_together_on_a_fresh_store_each_keep_their_parent_and_jobs(tmp_path, env):  # noqa: F811
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"  # no file yet: every sweep finds it missing
     processes = [
