@@ -12,6 +12,7 @@ import pytest
 from test_server import free_port
 from test_sweep import TINY, env  # noqa: F401 (env: the subprocesses' environment fixture)
 
+from aos_bench import sweep
 from aos_bench.store import creation_lock
 
 SWEEPS = 8  # sweeps started at once on one fresh store: each lost its parent run, or all failed, before the creation lock
@@ -25,7 +26,7 @@ def launch(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:  
         return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err)
 
 
-@pytest.mark.slow  # 50 to 96 s on a shared 2-core machine (eight processes import torch at once); .ci/run runs it
+@pytest.mark.slow  # 96-121 s on a shared 2-core machine (eight processes import torch at once); .ci/run runs it
 def test_sweeps_started_together_on_a_fresh_store_each_keep_their_parent_and_jobs(tmp_path, env):  # noqa: F811
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"  # no file yet: every sweep finds it missing
     processes = [
@@ -93,3 +94,45 @@ def test_the_server_check_imports_neither_mlflow_nor_torch_nor_pandas(env):  # n
              "print(sorted(name for name in ('mlflow', 'torch', 'torchvision', 'pandas') if name in sys.modules))")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines() == ["does not answer (connection refused); start the server or fix the address", "[]"], result.stderr
+
+
+# One job's store calls (aos_bench.tracking.ensure_experiment, then a run) in a process of its own, made at one wall-clock
+# time: every process has imported MLflow by then, so their first opens of the fresh store coincide.
+ONE_JOB = """import sys, time
+import mlflow
+from aos_bench.tracking import ensure_experiment
+uri, start_at = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start_at - time.time()))
+with mlflow.start_run(experiment_id=ensure_experiment(uri, "aos_bench")):
+    mlflow.log_param("job", sys.argv[3])
+"""
+
+
+def test_single_jobs_opening_a_fresh_store_at_the_same_instant_each_keep_their_run(tmp_path, env):  # noqa: F811
+    uri, jobs = f"sqlite:///{tmp_path}/store/mlflow.db", 4
+    start_at = time.time() + 10  # seconds: past the 4 processes' MLflow imports (2-3 s each) on 2 busy cores
+    processes = [subprocess.Popen([sys.executable, "-c", ONE_JOB, uri, str(start_at), str(job)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for job in range(jobs)]  # fmt: skip
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * jobs, outputs
+    assert time.time() > start_at, "every process waited for the same instant"
+    client = mlflow.MlflowClient(uri)
+    assert [experiment.name for experiment in client.search_experiments()] == ["aos_bench", "Default"]
+    runs = client.search_runs([client.get_experiment_by_name("aos_bench").experiment_id])
+    assert sorted((run.data.params["job"], run.info.status) for run in runs) == [(str(job), "FINISHED") for job in range(jobs)]
+
+
+def test_a_store_that_fails_as_a_sweep_ends_stops_it_in_one_line(tmp_path, capsys):
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(hashlib.sha256(b"not an SQLite file").digest() * 128)
+    uri = f"sqlite:///{store}"
+    callback = sweep.SweepTracking(report=True)
+    callback.uri, callback.key, callback.run_id = uri, "tracking.uri", "0123abcd"  # as on_multirun_start leaves them
+    sweep.FINISH_PROGRESS[callback.run_id] = lambda: None  # the progress thread's stop
+    with pytest.raises(SystemExit) as stop:
+        callback.on_multirun_end(config=None)
+    why = "(DatabaseError: (sqlite3.DatabaseError) file is not a database)"
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"aos_bench: tracking.uri={uri}: could not mark the sweep's parent run FINISHED {why}; its jobs' runs are kept\n"
+    sweep.fail_if_running(uri, callback.run_id)  # at exit: one line too, where a traceback was
+    assert capsys.readouterr().err == f"aos_bench: tracking.uri={uri}: could not end the stopped sweep {callback.run_id} {why}\n"
