@@ -99,7 +99,7 @@ def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], r
     """Top-1 per method, a group per rho: bars = our mean, error bars = std, dots = runs, red diamonds = published."""
     fig, axis = plt.subplots(figsize=(10, 4.5))
     width = 0.85 / len(methods)
-    by_cell = cells.set_index(CELL)
+    by_cell, labelled = cells.set_index(CELL), False
     for i, method in enumerate(methods):
         cell = by_cell.reindex([(rho, method) for rho in rhos])
         x = np.arange(len(rhos)) + (i - (len(methods) - 1) / 2) * width
@@ -107,7 +107,11 @@ def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], r
         for position, rho in zip(x, rhos):
             seeds = runs[(runs["rho"] == rho) & (runs["method"] == method)]["accuracy"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
-        axis.plot(x, cell["published"], "D", color="red", markersize=5, label="published" if i == 0 else None)
+        if cell["published"].notna().any():  # the legend names the marker once, and only where one is drawn
+            axis.plot(x, cell["published"], "D", color="red", markersize=5, label=None if labelled else "published")
+            labelled = True
+    lowest = np.nanmin([runs["accuracy"].min(), cells["published"].min()])
+    axis.set_ylim(bottom=max(0.0, 10 * np.floor(lowest / 10) - 10))  # 10 points under the lowest: differences of 1 show
     axis.set(xticks=range(len(rhos)), xticklabels=[f"rho = {rho:g}" for rho in rhos], ylabel="test top-1 accuracy (%)")
     axis.set_title(title, fontsize=10, pad=40)  # room for the legend between title and axes
     axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(methods) + 1, 5), frameon=False)
