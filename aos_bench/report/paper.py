@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.paths import PAPER
+from aos_bench.paths import PAPER, report_files
 from aos_bench.report.figures import figure, per_class, per_class_row
 from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, row_label
 from aos_bench.report.runs import METHODS, ROW, env_columns, one_table, per_seed
@@ -249,8 +249,8 @@ def write_paper(
     table = cells(seeds, preset)
     pairs = comparisons(seeds, table, spread)
     extra = noise_section(spread, noise_of_differences(runs)) if not spread.empty else ""
+    paths = report_files(out, name)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png", out / f"{name}_runs.csv"]
     paths[0].write_text(markdown(name, parents, table, pairs, runs, extra))
     table.merge(pairs, on=ROW).to_csv(paths[1], index=False, float_format="%.6g")
     run_columns = [*ROW, "eps", "method", "seed", "f1", "steps", "recipe", *env_columns(runs)]

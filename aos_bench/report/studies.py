@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.paths import PAPER
+from aos_bench.paths import PAPER, report_files
 from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text
 from aos_bench.report.runs import env_columns
 from aos_bench.report.stats import sign_flip_p
@@ -210,8 +210,8 @@ def write_files(
     out: Path, name: str, text: str, table: pd.DataFrame, figure: plt.Figure, runs: pd.DataFrame, columns: Sequence[str]
 ) -> list[Path]:
     """<out>/<name>.md, .csv (`table`), .png (`figure`) and _runs.csv (one line per run); returns the four paths."""
+    paths = report_files(out, name)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png", out / f"{name}_runs.csv"]
     paths[0].write_text(text)
     table.to_csv(paths[1], index=False, float_format="%.6g")
     figure.savefig(paths[2], dpi=120)
