@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.report.markdown import NAMES, row_label
+from aos_bench.report.markdown import NAMES, row_label, trimmed_steps
 from aos_bench.report.runs import METHODS, ROW
 
 
@@ -74,4 +74,14 @@ def figure(
     right.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
     right.set_xticklabels([f"{n}*" if n in minority else n for n in names], rotation=90)
     fig.tight_layout()
+    return fig
+
+
+def mark_trimmed(fig: plt.Figure, runs: pd.DataFrame) -> plt.Figure:
+    """`fig` with each of its plots stamped TRIMMED and the trimmed runs' steps, where some of `runs` were trimmed
+    (markdown.trimmed_note); else `fig` as it was."""
+    if steps := trimmed_steps(runs):
+        for axis in (axis for axis in fig.axes if axis.get_label() != "<colorbar>"):
+            axis.text(0.5, 0.5, f"TRIMMED\n{steps} steps/run: not a result", transform=axis.transAxes, ha="center", va="center",
+                      rotation=20, fontsize=20, color="red", alpha=0.45, fontweight="bold", zorder=10)  # fmt: skip
     return fig

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from aos_bench.paths import PUBLISHED
+from aos_bench.report.figures import mark_trimmed
 from aos_bench.report.markdown import NAMES, markdown_table
 from aos_bench.report.studies import header, later_sweeps_win, method_order, one_run_each, write_files
 
@@ -120,7 +121,7 @@ def write_lt(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFra
     runs, replaced = later_sweeps_win(runs, parents, ["rho", "method", "seed"])
     runs = one_run_each(runs, sweeps, ["rho", "method", "seed"])
     methods, cells = method_order(runs["method"].unique()), lt_cells(runs)
-    rhos = sorted(runs["rho"].unique(), reverse=True)
+    rhos, trimmed = sorted(runs["rho"].unique(), reverse=True), runs["trimmed"].any()
     figures = published(runs)
     sources = {source: i + 1 for i, source in enumerate(figures["source"].unique())}
     references = "\n".join(f"{i}. {source}: {figures.loc[figures['source'] == source, 'url'].iloc[0]}" for source, i in sources.items())
@@ -135,15 +136,15 @@ def write_lt(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFra
 
 ## The benchmark's check
 
-{goal_lines(cells)}
+{"- not judged: trimmed runs" if trimmed else goal_lines(cells)}
 
 ## Method ordering, ours and published (the first figure of each)
 
-{ordering_lines(cells, rhos)}
+{"- none: trimmed runs are not ranked" if trimmed else ordering_lines(cells, rhos)}
 
 ## Sources
 
 {references}
 """
-    figure = lt_figure(cells, runs, methods, rhos, f"{name}: mean ± std over seeds, dots: runs, red: published")
+    figure = mark_trimmed(lt_figure(cells, runs, methods, rhos, f"{name}: mean ± std over seeds, dots: runs, red: published"), runs)
     return write_files(out, name, text, cells, figure, runs, ["rho", "method", "seed", "accuracy", "f1", "f1_minority", "steps"])
