@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from aos_bench.paths import PUBLISHED
-from aos_bench.report.figures import mark_trimmed
+from aos_bench.report.figures import PAGE_WIDTH, PAPER_MARK, mark_trimmed
 from aos_bench.report.markdown import NAMES, markdown_table
 from aos_bench.report.studies import header, later_sweeps_win, method_order, one_run_each, write_files
 
@@ -98,7 +98,7 @@ def ordering_lines(cells: pd.DataFrame, rhos: Sequence[float]) -> str:
 
 def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], rhos: Sequence[float], title: str) -> plt.Figure:
     """Top-1 per method, a group per rho: bars = our mean, error bars = std, dots = runs, red diamonds = published."""
-    fig, axis = plt.subplots(figsize=(10, 4.5))
+    fig, axis = plt.subplots(figsize=(PAGE_WIDTH, 4.5))
     width = 0.85 / len(methods)
     by_cell = cells.set_index(CELL)
     for i, method in enumerate(methods):
@@ -108,7 +108,7 @@ def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], r
         for position, rho in zip(x, rhos):
             seeds = runs[(runs["rho"] == rho) & (runs["method"] == method)]["accuracy"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
-        axis.plot(x, cell["published"], "D", color="red", markersize=5, label="published" if i == 0 else None)
+        axis.plot(x, cell["published"], **PAPER_MARK, label="published" if i == 0 else None)
     axis.set(xticks=range(len(rhos)), xticklabels=[f"rho = {rho:g}" for rho in rhos], ylabel="test top-1 accuracy (%)")
     axis.set_title(title, fontsize=10, pad=40)  # room for the legend between title and axes
     axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(methods) + 1, 5), frameon=False)

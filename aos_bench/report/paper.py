@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from aos_bench.paths import PAPER, report_files
-from aos_bench.report.figures import figure, mark_trimmed, per_class, per_class_row
+from aos_bench.report.figures import DPI, figure, mark_trimmed, per_class, per_class_row
 from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, row_label, trimmed_note
 from aos_bench.report.runs import METHODS, ROW, env_columns, one_table, per_seed
 from aos_bench.report.stats import DIFFERENCES, noise, noise_of_differences, sign_flip_p
@@ -274,6 +274,6 @@ def write_paper(
     classes, minority, seed = per_class(runs, chosen)
     titles = (f"{name}: mean ± std over seeds", f"per class (* = minority)\n{row_label(*chosen)}, seed {seed}")
     fig = mark_trimmed(figure(table, runs, classes, minority, titles), runs)
-    fig.savefig(paths[2], dpi=120)
+    fig.savefig(paths[2], dpi=DPI)
     plt.close(fig)
     return paths

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from aos_bench.paths import PAPER, report_files
-from aos_bench.report.figures import mark_trimmed
+from aos_bench.report.figures import DPI, PAGE_WIDTH, mark_trimmed
 from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text, trimmed_note
 from aos_bench.report.runs import env_columns
 from aos_bench.report.stats import sign_flip_p
@@ -149,8 +149,9 @@ def paired_text(by_test: pd.DataFrame, key: tuple) -> str:
 
 
 def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], rows: Sequence[tuple], title: str) -> plt.Figure:
-    """F1 per row and method: bars = mean, error bars = std over seeds, dots = each run."""
-    fig, axis = plt.subplots(figsize=(2.5 + 0.45 * len(methods) * len(rows), 5))
+    """F1 per row and method: bars = mean, error bars = std over seeds, dots = each run, † above a cell trained at its
+    method's own lr_scale (TUNED)."""
+    fig, axis = plt.subplots(figsize=(PAGE_WIDTH, 5.5))
     width = 0.85 / len(methods)
     by_cell = cells.set_index([*STUDY_ROW, "method"])
     for i, method in enumerate(methods):
@@ -160,10 +161,15 @@ def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[st
         for position, row in zip(x, rows):
             seeds = runs.merge(pd.DataFrame([dict(zip(STUDY_ROW, row), method=method)]), on=[*STUDY_ROW, "method"])["f1"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
+        tuned = (cell["lr_scale"] != 1) & cell["mean"].notna()
+        for position, top in zip(x[tuned.to_numpy()], (cell["mean"] + cell["std"].fillna(0))[tuned]):
+            axis.text(position, top + 1, TUNED.strip(), ha="center", va="bottom", fontsize=11, fontweight="bold")  # 1 F1 point above
     axis.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
-    axis.set_xticklabels([study_row_label(*row) for row in rows], rotation=15, ha="right")
-    axis.set_title(title, fontsize=10, pad=40)  # room for the legend between title and axes
-    axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(methods), 5), frameon=False)
+    axis.set_xticklabels([study_row_label(*row) for row in rows], rotation=15, ha="right", fontsize=9)
+    if (cells["lr_scale"] != 1).any():
+        title += f"\n{TUNED.strip()} = trained at its method's own lr (method.lr_scale x the recipe's train.lr)"
+    axis.set_title(title, fontsize=10, pad=48)  # room for the legend between title and axes
+    axis.legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(methods), 5), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -230,7 +236,7 @@ def write_files(
     out.mkdir(parents=True, exist_ok=True)
     paths[0].write_text(text)
     table.to_csv(paths[1], index=False, float_format="%.6g")
-    figure.savefig(paths[2], dpi=120)
+    figure.savefig(paths[2], dpi=DPI)
     plt.close(figure)
     runs.sort_values(list(columns[: list(columns).index("seed") + 1]))[[*columns, "recipe", *env_columns(runs)]].to_csv(paths[3], index=False, float_format="%.6g")
     return paths
