@@ -86,3 +86,17 @@ def test_a_sweep_given_a_preset_outside_its_folder_stops_at_the_door(tmp_path):
     assert result.returncode == USAGE_EXIT, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("aos_bench: preset=../../escaped: a plain name")
     assert not (tmp_path / "mlruns").exists() and not list(tmp_path.parent.parent.glob("escaped*"))
+
+
+def test_a_sweep_whose_dir_holds_a_link_at_its_report_keeps_the_links_target(tmp_path):
+    outside = tmp_path / "outside.md"
+    outside.write_text("another user's file\n")
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "smoke.md").symlink_to(outside)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = ["experiment=smoke", "imbalance.mu=0.3", "method=base", "seed=0", "train.max_steps=1", f"hydra.sweep.dir={tmp_path}/sweep"]
+    result = subprocess.run([sys.executable, "-m", "aos_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == USAGE_EXIT, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"aos_bench: report: {tmp_path / 'sweep' / 'smoke.md'} is a symbolic link (to {outside})"), last
+    assert outside.read_text() == "another user's file\n" and not (tmp_path / "sweep" / "smoke.csv").exists()
