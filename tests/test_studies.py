@@ -187,7 +187,7 @@ def test_trimmed_runs_are_marked_and_get_no_rank_or_p_value_in_any_study_layout(
     cells = studies.method_cells(runs)
     rows = studies.rows_in_order(cells)
     figure = mark_trimmed(studies.methods_figure(cells, runs, ["base", "aos"], rows, "t"), runs)
-    assert [text.get_text() for text in figure.axes[0].texts if "TRIMMED" in text.get_text()] == ["TRIMMED\n100 steps/run: not a result"]
+    assert [text.get_text() for text in figure.axes[0].texts if "TRIMMED" in text.get_text()] == ["TRIMMED\n100 steps/run:\nnot a result"]
     untouched = mark_trimmed(studies.methods_figure(cells, runs, ["base", "aos"], rows, "t"), runs.assign(trimmed=False))
     assert not any("TRIMMED" in text.get_text() for text in untouched.axes[0].texts)
 

@@ -87,6 +87,7 @@ def mark_trimmed(fig: plt.Figure, runs: pd.DataFrame) -> plt.Figure:
     (markdown.trimmed_note); else `fig` as it was."""
     if steps := trimmed_steps(runs):
         for axis in (axis for axis in fig.axes if axis.get_label() != "<colorbar>"):
-            axis.text(0.5, 0.5, f"TRIMMED\n{steps} steps/run: not a result", transform=axis.transAxes, ha="center", va="center",
-                      rotation=20, fontsize=20, color="red", alpha=0.45, fontweight="bold", zorder=10)  # fmt: skip
+            inches = axis.get_position().width * fig.get_figwidth()  # the plot's width
+            axis.text(0.5, 0.5, f"TRIMMED\n{steps} steps/run:\nnot a result", transform=axis.transAxes, ha="center", va="center",
+                      rotation=20, fontsize=min(20, max(8, 2.5 * inches)), color="red", alpha=0.45, fontweight="bold", zorder=10)  # fmt: skip
     return fig

@@ -163,7 +163,8 @@ def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[st
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
         tuned = (cell["lr_scale"] != 1) & cell["mean"].notna()
         for position, top in zip(x[tuned.to_numpy()], (cell["mean"] + cell["std"].fillna(0))[tuned]):
-            axis.text(position, top + 1, TUNED.strip(), ha="center", va="bottom", fontsize=11, fontweight="bold")  # 1 F1 point above
+            axis.annotate(TUNED.strip(), (position, top), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                          fontsize=11, fontweight="bold")  # 2 points above the error bar, whatever the scale
     axis.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
     axis.set_xticklabels([study_row_label(*row) for row in rows], rotation=15, ha="right", fontsize=9)
     if (cells["lr_scale"] != 1).any():
