@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aos_bench.errors import UsageError
+from aos_bench.paths import is_plain_name
 
 USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # `scheme://user[:password]@`: credentials in a URL
 CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic-auth credentials
@@ -85,6 +86,14 @@ def secret_free_uri(nullable: str) -> Rule:
     return Rule(f"{NO_CREDENTIALS}, or null ({nullable})", lambda v: v is None or (isinstance(v, str) and v != "" and not holds_credentials(v)))
 
 
+def plain_name(nullable: str) -> Rule:
+    """A name that is a file of its own inside a folder (the report is named after it), or null (`nullable`: what null means)."""
+    return Rule(
+        f"a plain name (letters, digits, _ . -, not starting with a dot: no folder, no absolute path), or null ({nullable})",
+        lambda v: v is None or (isinstance(v, str) and is_plain_name(v)),
+    )
+
+
 def numbers(item: Rule, length: int | None = None, nullable: str = "") -> Rule:
     """A list whose items each pass `item` (of `length` items when given); `nullable` says what null means where allowed."""
     size = f"{length} " if length else ""
@@ -101,6 +110,7 @@ RULES: dict[str, Rule] = {
     "data_dir": text(),
     "cache_dir": text("$AOS_CACHE_DIR, else ~/.cache/aos_bench"),
     "force": flag(),
+    "preset": plain_name("no preset: the report is named sweep"),
     "dataset.image_size": whole(1),
     "dataset.download": flag(),
     "dataset.skip_bad": flag(),

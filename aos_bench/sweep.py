@@ -251,6 +251,8 @@ class SweepTracking(Callback):
             paths = write_report(self.uri, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir))
             for path in paths:
                 client.log_artifact(self.run_id, str(path), "report")
+        except UsageError as error:  # a report file of the sweep dir that is a link or a folder: refused, not the store's fault
+            reject(f"report: {error}; the runs are kept: `python -m aos_bench.report --sweep {self.run_id} --out DIR` writes it elsewhere")
         except Exception as error:
             line = store_failure(self.uri, self.key, "write the sweep's report", error)
             reject(f"{line}; the runs are kept: `python -m aos_bench.report --sweep {self.run_id}` writes it again")

@@ -16,8 +16,8 @@ import pytest
 from conftest import ROOT
 from mlflow.entities import Metric, Param, RunTag
 
-from aos_bench.report import write_report
-from aos_bench.report.runs import ENV  # the env.* params a report reads, which the runs CSVs keep
+from aos_bench.report import figures, paper, studies, write_report
+from aos_bench.report.runs import ENV, per_seed, sweep_runs  # ENV: the env.* params a report reads, which the runs CSVs keep
 
 GOLDEN = ROOT / "tests" / "golden" / "report"
 CLASSES = {
@@ -182,3 +182,27 @@ def test_golden_pages_name_their_sweeps_and_show_what_the_runs_leave_out():
     assert "## Noise floor" in pages["noise"] and "## The minority classes" in pages["methods"]
     assert "**not in the table: 1 job(s) of the sweep without a FINISHED run**" in pages["aos_sensitivity"]
     assert sorted(path.stem for path in GOLDEN.glob("*.md")) == sorted(REPORTS)  # a golden page per report, no stale one
+
+
+def png_width(path) -> int:
+    """The width in pixels a PNG file's header gives."""
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def test_figures_are_a_page_wide_and_mark_the_paper_and_the_tuned_cells_apart(store, tmp_path):
+    uri, parents = store
+    for name in ("table2", "table1", "methods"):
+        sweeps, row = REPORTS[name]
+        png = write_report(uri, "aos_bench", ",".join(parents[sweep] for sweep in sweeps), tmp_path / name, row)[2]
+        assert png_width(png) == figures.PAGE_WIDTH * figures.DPI == 1200, name  # methods was 3000 pixels wide
+    mlflow.set_tracking_uri(uri)
+    runs = sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, parents["methods"])
+    cells = studies.method_cells(runs)
+    fig = studies.methods_figure(cells, runs, studies.method_order(runs["method"].unique()), studies.rows_in_order(cells), "t")
+    daggers = [text for text in fig.axes[0].texts if text.get_text() == "†"]
+    assert len(daggers) == (cells["lr_scale"] != 1).sum() == 1 and "† = trained at its method's own lr" in fig.axes[0].get_title()
+    mnist = per_seed(sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, parents["table2-mnist"]))
+    classes = pd.DataFrame({"class": ["0", "1"], "f1": [90.0, 50.0], "method": ["aos", "aos"]})
+    fig = figures.figure(paper.cells(mnist, "table2"), mnist, classes, ["1"], ("left", "right"))
+    marks = [line for line in fig.axes[0].lines if line.get_label() == "paper"]
+    assert [(line.get_marker(), line.get_color(), line.get_linestyle()) for line in marks] == [("D", "red", "None")]  # not black ticks

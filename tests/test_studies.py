@@ -12,6 +12,7 @@ from conftest import ROOT
 from aos_bench import report
 from aos_bench.methods import METHODS
 from aos_bench.report import studies
+from aos_bench.report.figures import mark_trimmed
 from aos_bench.report.runs import sweep_runs
 from aos_bench.tracking import ensure_experiment
 
@@ -178,3 +179,46 @@ def test_cifar10_lt_report_sets_top1_beside_the_published_figures_and_checks_the
     other = fake_sweep(store, "cifar10_lt", children("synthetic"))
     text = report.write_report(store, "aos_bench", other, tmp_path / "synthetic")[0].read_text()
     assert "published figures are CIFAR-10's, and it ran on synthetic" in text and "[1]" not in text
+
+
+def test_trimmed_runs_are_marked_and_get_no_rank_or_p_value_in_any_study_layout(tmp_path, store, capsys):
+    # every run logs train_steps = 100 (fake_sweep): a cap of 100 stopped it (trimmed), a cap of 1000 did not
+    def methods(cap: int) -> str:
+        return fake_sweep(store, "methods", [
+            {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.3, "method.name": method, "seed": seed,
+             "f1": f1 + seed, "f1_minority": f1 - seed, "train.max_steps": cap}
+            for method, f1 in (("base", 40.0), ("aos", 47.0)) for seed in range(3)])  # fmt: skip
+
+    full = report.write_report(store, "aos_bench", methods(1000), tmp_path / "full")[0].read_text()
+    assert "TRIMMED" not in full and "| mean rank |" in full and "p=0.250" in full
+    assert "TRIMMED" not in capsys.readouterr().err
+    paths = report.write_report(store, "aos_bench", methods(100), tmp_path / "trimmed")
+    page = paths[0].read_text()
+    mark = "TRIMMED: 6 of 6 runs stopped at train.max_steps (100 optimizer steps) before their recipe's epochs ran"
+    assert page.splitlines()[2].startswith(f"**{mark}") and f"aos_bench: report: methods: {mark}" in capsys.readouterr().err
+    assert "| MNIST step mu=0.3 rho=500 | 41.00 ± 1.00 | 48.00 ± 1.00 |" in page  # means and spread, no rank
+    assert "mean rank" not in page and "p=" not in page and "| -7.00 (n=3) |" in page
+    table = pd.read_csv(paths[1])
+    assert table[["rank", "minority_rank", "p_vs_aos"]].isna().all(axis=None) and table["mean"].notna().all()
+    runs = sweep_runs(mlflow.get_experiment_by_name("aos_bench").experiment_id, methods(100))
+    cells = studies.method_cells(runs)
+    rows = studies.rows_in_order(cells)
+    figure = mark_trimmed(studies.methods_figure(cells, runs, ["base", "aos"], rows, "t"), runs)
+    assert [text.get_text() for text in figure.axes[0].texts if "TRIMMED" in text.get_text()] == ["TRIMMED\n100 steps/run:\nnot a result"]
+    untouched = mark_trimmed(studies.methods_figure(cells, runs, ["base", "aos"], rows, "t"), runs.assign(trimmed=False))
+    assert not any("TRIMMED" in text.get_text() for text in untouched.axes[0].texts)
+
+    grid = fake_sweep(store, "aos_sensitivity", [
+        {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.9, "method.name": "aos", "method.eps": eps,
+         "method.p": 1.0, "seed": seed, "f1": 50 + 100 * eps + seed, "train.max_steps": 100}
+        for eps in (0.05, 0.1) for seed in (0, 1)])  # fmt: skip
+    page = report.write_report(store, "aos_bench", grid, tmp_path / "grid")[0].read_text()
+    assert "**TRIMMED: 4 of 4 runs" in page and "Best cell" not in page and "No best cell: trimmed runs." in page
+
+    lt = fake_sweep(store, "cifar10_lt", [
+        {"dataset.name": "cifar10", "imbalance.kind": "exp", "imbalance.rho": 100, "method.name": method, "seed": seed,
+         "f1": 50.0, "accuracy": top1 + seed, "train.max_steps": 100}
+        for method, top1 in (("base", 70.0), ("ldam_drw", 77.0)) for seed in range(3)])  # fmt: skip
+    page = report.write_report(store, "aos_bench", lt, tmp_path / "lt")[0].read_text()
+    assert "**TRIMMED: 6 of 6 runs" in page and "- not judged: trimmed runs" in page and "- none: trimmed runs are not ranked" in page
+    assert "held" not in page and "ours LDAM-DRW > BASE" not in page

@@ -88,6 +88,10 @@ def test_smoke_preset_end_to_end(tmp_path, env, empty_store, monkeypatch):
     assert written["paper"].isna().all() and (written["steps"].astype(str) == "6").all()
     text = (tmp_path / "results" / "smoke.md").read_text()
     assert f"{expected.loc[(0.3, 'aos'), 'mean']:.2f}" in text and "no paper values" in text
+    # train=smoke stops each job at train.max_steps = 6: marked in the console, on the page, and no p-value or ordering
+    mark = "TRIMMED: 12 of 12 runs stopped at train.max_steps (6 optimizer steps) before their recipe's epochs ran"
+    assert f"aos_bench: report: smoke: {mark}" in result.stderr and text.splitlines()[2].startswith(f"**{mark}")
+    assert "p (vs ROS)" not in text and "best to worst" not in text and written["p_aos_vs_ros"].isna().all()
     assert (tmp_path / "results" / "smoke.png").stat().st_size > 10_000
 
 
@@ -162,6 +166,20 @@ def one_sweep(uri: str, children, extra: dict | None = None) -> str:
         log_child(parent.info.run_id, method, mu, seed, f1, recipe=recipe, classes=classes, extra=extra)
     client.set_terminated(parent.info.run_id, "FINISHED")
     return parent.info.run_id
+
+
+def test_a_paper_table_of_runs_stopped_at_max_steps_is_marked_trimmed_and_neither_tested_nor_ordered(tmp_path, empty_store):
+    uri = copy_store(empty_store, tmp_path)
+    children = [(method, 0.3, seed, f1 + seed, "paper", ("a", "b")) for method, f1 in (("base", 80.0), ("ros", 85.0), ("aos", 90.0)) for seed in range(3)]
+    for cap, trimmed in ((100, True), (1000, False)):  # every run took 100 steps (log_child): a cap of 100 stopped it
+        paths = report.write_report(uri, "aos_bench", one_sweep(uri, children, {"train.max_steps": cap}), tmp_path / str(cap))
+        text, table = paths[0].read_text(), pd.read_csv(paths[1])
+        assert ("**TRIMMED: 9 of 9 runs stopped at train.max_steps (100 optimizer steps)" in text) is trimmed
+        assert ("p (vs ROS)" in text, "ours: best to worst" in text) == (not trimmed, not trimmed)
+        measured = table.dropna(subset=["mean"])
+        assert (bool(measured["p_aos_vs_ros"].isna().all()), bool(measured["order"].isna().all())) == (trimmed, trimmed)
+        assert "| +5.00 (n=3) |" in text  # the mean difference stays
+        assert ("Agreement with the paper: not judged: trimmed runs." in text) is trimmed
 
 
 def test_report_refuses_a_sweep_that_mixes_two_recipes(tmp_path, empty_store):

@@ -12,6 +12,7 @@ The top floor: it picks the layout. Below it, each module imports only from the 
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,7 +22,10 @@ matplotlib.use("Agg")  # files only, no display: once here, before any floor bel
 import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from aos_bench.errors import UsageError, reject  # noqa: E402
+from aos_bench.paths import report_files  # noqa: E402
 from aos_bench.report.lt import write_lt  # noqa: E402
+from aos_bench.report.markdown import trimmed_note  # noqa: E402
 from aos_bench.report.paper import write_paper  # noqa: E402
 from aos_bench.report.runs import find_sweep, one_recipe, sweep_runs  # noqa: E402
 from aos_bench.report.studies import write_methods, write_sensitivity  # noqa: E402
@@ -50,7 +54,10 @@ def write_report(uri: str, experiment: str, sweep: str, out: Path, row: str | No
         raise ValueError(f"--sweep {sweep}: the sweeps come from different presets ({', '.join(presets)}); one table = one preset")
     preset = presets[0]
     name = preset if preset != "none" else "sweep"
+    report_files(out, name)  # a name or --out that would write outside `out` stops here, before any file is written
     runs = one_recipe(pd.concat([sweep_runs(found.experiment_id, p.info.run_id) for p in parents], ignore_index=True), sweep)
+    if note := trimmed_note(runs):  # in the console too, not only on the page and the figure
+        print(f"aos_bench: report: {name}: {note}", file=sys.stderr)
     if preset in LAYOUTS:  # the studies beyond the paper's tables have layouts of their own
         return LAYOUTS[preset](name, parents, runs, sweep, out)
     return write_paper(name, parents, runs, sweep, out, preset, row)
@@ -68,6 +75,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     require_server(args.tracking_uri, "--tracking-uri")
     try:
         paths = write_report(args.tracking_uri, args.experiment, args.sweep, args.out, args.row)
-    except (LookupError, ValueError) as error:
-        raise SystemExit(f"aos_bench.report: {error}") from None
+    except (LookupError, ValueError, UsageError) as error:  # a sweep not found, not one table, a name or --out refused
+        reject(f"report: {error}")
     print("\n".join(map(str, paths)))

@@ -9,8 +9,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.report.markdown import NAMES, row_label
+from aos_bench.report.markdown import NAMES, row_label, trimmed_steps
 from aos_bench.report.runs import METHODS, ROW
+
+PAGE_WIDTH = 10.0  # inches: every report figure is this wide, 1200 pixels at DPI, a page's width read at 100%
+DPI = 120  # pixels per inch of the saved PNGs
+# The paper's (or a published) value: a red diamond edged in black, apart from the error bars' black caps
+PAPER_MARK = {"marker": "D", "color": "red", "markeredgecolor": "black", "markersize": 6, "linestyle": "none", "zorder": 5}
 
 
 def per_class_row(table: pd.DataFrame, row: str | None) -> tuple:
@@ -47,11 +52,11 @@ def per_class(runs: pd.DataFrame, row: tuple) -> tuple[pd.DataFrame, list[str], 
 def figure(
     table: pd.DataFrame, runs: pd.DataFrame, classes: pd.DataFrame, minority: Sequence[str], titles: tuple[str, str]
 ) -> plt.Figure:
-    """Left: F1 per row and method (bars: mean, error bars: std, dots: each run, black ticks: the paper). Right: per-class F1."""
+    """Left: F1 per row and method (bars: mean, error bars: std, dots: each run, red diamonds: the paper). Right: per-class F1."""
     rows = [tuple(row) for row in table.loc[table["mean"].notna(), ROW].drop_duplicates().itertuples(index=False)]  # NaN = NaN
     names = list(dict.fromkeys(classes["class"]))
-    widths = [2 + 1.5 * len(rows), max(3, 0.4 * len(names))]  # inches
-    fig, (left, right) = plt.subplots(1, 2, figsize=(sum(widths) + 1, 4.8), width_ratios=widths)
+    widths = [2 + 1.5 * len(rows), max(3, 0.4 * len(names))]  # the two plots' shares of PAGE_WIDTH
+    fig, (left, right) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 4.8), width_ratios=widths)
     width = 0.8 / len(METHODS)
     by_cell = table.set_index([*ROW, "method"])
     for i, method in enumerate(METHODS):
@@ -62,7 +67,7 @@ def figure(
             seeds = runs.merge(pd.DataFrame([dict(zip(ROW, row), method=method)]), on=[*ROW, "method"])["f1"]
             left.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=4, label=None)
         if table["paper"].notna().any():
-            left.plot(x, cell["paper"], "k_", markersize=12, mew=2, label="paper" if i == 0 else None)
+            left.plot(x, cell["paper"], **PAPER_MARK, label="paper" if i == 0 else None)
         per_class_f1 = classes[classes["method"] == method].set_index("class").reindex(names)["f1"]
         right.bar(np.arange(len(names)) + (i - 1) * width, per_class_f1, width, label=NAMES[method])
     left.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
@@ -74,4 +79,15 @@ def figure(
     right.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False)
     right.set_xticklabels([f"{n}*" if n in minority else n for n in names], rotation=90)
     fig.tight_layout()
+    return fig
+
+
+def mark_trimmed(fig: plt.Figure, runs: pd.DataFrame) -> plt.Figure:
+    """`fig` with each of its plots stamped TRIMMED and the trimmed runs' steps, where some of `runs` were trimmed
+    (markdown.trimmed_note); else `fig` as it was."""
+    if steps := trimmed_steps(runs):
+        for axis in (axis for axis in fig.axes if axis.get_label() != "<colorbar>"):
+            inches = axis.get_position().width * fig.get_figwidth()  # the plot's width
+            axis.text(0.5, 0.5, f"TRIMMED\n{steps} steps/run:\nnot a result", transform=axis.transAxes, ha="center", va="center",
+                      rotation=20, fontsize=min(20, max(8, 2.5 * inches)), color="red", alpha=0.45, fontweight="bold", zorder=10)  # fmt: skip
     return fig

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from aos_bench.paths import PUBLISHED
+from aos_bench.report.figures import PAGE_WIDTH, PAPER_MARK, mark_trimmed
 from aos_bench.report.markdown import NAMES, markdown_table
 from aos_bench.report.studies import header, later_sweeps_win, method_order, one_run_each, write_files
 
@@ -97,7 +98,7 @@ def ordering_lines(cells: pd.DataFrame, rhos: Sequence[float]) -> str:
 
 def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], rhos: Sequence[float], title: str) -> plt.Figure:
     """Top-1 per method, a group per rho: bars = our mean, error bars = std, dots = runs, red diamonds = published."""
-    fig, axis = plt.subplots(figsize=(10, 4.5))
+    fig, axis = plt.subplots(figsize=(PAGE_WIDTH, 4.5))
     width = 0.85 / len(methods)
     by_cell, labelled = cells.set_index(CELL), False
     for i, method in enumerate(methods):
@@ -108,7 +109,7 @@ def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], r
             seeds = runs[(runs["rho"] == rho) & (runs["method"] == method)]["accuracy"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
         if cell["published"].notna().any():  # the legend names the marker once, and only where one is drawn
-            axis.plot(x, cell["published"], "D", color="red", markersize=5, label=None if labelled else "published")
+            axis.plot(x, cell["published"], **PAPER_MARK, label=None if labelled else "published")
             labelled = True
     lowest = np.nanmin([runs["accuracy"].min(), cells["published"].min()])
     axis.set_ylim(bottom=max(0.0, 10 * np.floor(lowest / 10) - 10))  # 10 points under the lowest: differences of 1 show
@@ -124,7 +125,7 @@ def write_lt(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFra
     runs, replaced = later_sweeps_win(runs, parents, ["rho", "method", "seed"])
     runs = one_run_each(runs, sweeps, ["rho", "method", "seed"])
     methods, cells = method_order(runs["method"].unique()), lt_cells(runs)
-    rhos = sorted(runs["rho"].unique(), reverse=True)
+    rhos, trimmed = sorted(runs["rho"].unique(), reverse=True), runs["trimmed"].any()
     figures = published(runs)
     sources = {source: i + 1 for i, source in enumerate(figures["source"].unique())}
     references = "\n".join(f"{i}. {source}: {figures.loc[figures['source'] == source, 'url'].iloc[0]}" for source, i in sources.items())
@@ -139,15 +140,15 @@ def write_lt(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFra
 
 ## The benchmark's check
 
-{goal_lines(cells)}
+{"- not judged: trimmed runs" if trimmed else goal_lines(cells)}
 
 ## Method ordering, ours and published (the first figure of each)
 
-{ordering_lines(cells, rhos)}
+{"- none: trimmed runs are not ranked" if trimmed else ordering_lines(cells, rhos)}
 
 ## Sources
 
 {references}
 """
-    figure = lt_figure(cells, runs, methods, rhos, f"{name}: mean ± std over seeds, dots: runs, red: published")
+    figure = mark_trimmed(lt_figure(cells, runs, methods, rhos, f"{name}: mean ± std over seeds, dots: runs, red: published"), runs)
     return write_files(out, name, text, cells, figure, runs, ["rho", "method", "seed", "accuracy", "f1", "f1_minority", "steps"])

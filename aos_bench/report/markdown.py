@@ -74,3 +74,19 @@ def missing_jobs(parents: Sequence[mlflow.entities.Run]) -> str:
         error = job.get("tags.error")
         lines.append(f"  - `{settings}`: {job['status']}" + (f", {error}" if isinstance(error, str) else ""))
     return f"\n- **not in the table: {len(jobs)} job(s) of the sweep without a FINISHED run** (the last run of each):\n" + "\n".join(lines)
+
+
+def trimmed_note(runs: pd.DataFrame) -> str:
+    """The mark of a table with trimmed runs (runs.sweep_runs: stopped at train.max_steps), as one sentence for the
+    page, the figure and the console; '' when no run was trimmed."""
+    if not (steps := trimmed_steps(runs)):
+        return ""
+    return (
+        f"TRIMMED: {runs['trimmed'].sum()} of {len(runs)} runs stopped at train.max_steps ({steps} optimizer steps) before their "
+        "recipe's epochs ran: these numbers measure a few steps, not the methods; no rank, ordering or p-value is given"
+    )
+
+
+def trimmed_steps(runs: pd.DataFrame) -> str:
+    """The optimizer steps of the trimmed runs, e.g. '6' or '2/6'; '' when no run was trimmed."""
+    return "/".join(str(int(value)) for value in sorted(runs.loc[runs["trimmed"], "steps"].unique()))

@@ -41,6 +41,8 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
     # a config run twice in one sweep (two launches racing on a resume) counts once: its latest run
     hashes = runs.sort_values("end_time").reindex(columns=["tags.config_hash"])["tags.config_hash"]
     runs = runs.loc[hashes[~(hashes.notna() & hashes.duplicated(keep="last"))].index]
+    # the run's cap on optimizer steps, train.max_steps (NaN: none, as "None", or a run that did not log it)
+    cap = pd.to_numeric(runs.reindex(columns=["params.train.max_steps"])["params.train.max_steps"], errors="coerce")
     columns = ["params.imbalance.mu", "params.imbalance.rho", "params.method.eps", "params.method.p", "params.method.lr_scale"]
     params = runs.reindex(columns=[*columns, "params.imbalance.kind"])
     return pd.DataFrame(
@@ -58,6 +60,11 @@ def sweep_runs(experiment_id: str, sweep_id: str) -> pd.DataFrame:
             "accuracy": runs.reindex(columns=[f"metrics.{ACCURACY}"])[f"metrics.{ACCURACY}"],
             "f1_minority": runs.reindex(columns=[f"metrics.{MINORITY_METRIC}"])[f"metrics.{MINORITY_METRIC}"],
             "steps": runs["metrics.train_steps"],
+            "max_steps": cap,
+            # trimmed: stopped at its train.max_steps cap (train=smoke, or any cap below the steps the recipe plans) before
+            # the recipe's epochs ran, so its F1 measures a few steps, not a method: the report ranks and tests no such table.
+            # A cap equal to the planned steps counts too: the runs log the cap, not the plan.
+            "trimmed": cap.notna() & (runs["metrics.train_steps"] >= cap),
             # models trained in one stack (hydra/launcher=stacked); 1 = alone, as every run before the stacked path
             "stacked": pd.to_numeric(runs.reindex(columns=["params.env.stacked_models"])["params.env.stacked_models"]).fillna(1).astype(int),
             "artifact_uri": runs["artifact_uri"],

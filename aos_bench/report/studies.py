@@ -12,8 +12,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.paths import PAPER
-from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text
+from aos_bench.paths import PAPER, report_files
+from aos_bench.report.figures import DPI, PAGE_WIDTH, mark_trimmed
+from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text, trimmed_note
 from aos_bench.report.runs import env_columns
 from aos_bench.report.stats import sign_flip_p
 
@@ -104,8 +105,9 @@ def wide_table(cells: pd.DataFrame, tests: pd.DataFrame, methods: Sequence[str],
         minority.append(label | {NAMES.get(m, m): minority_text(by_cell, (*row, m)) for m in methods})
         paired.append(label | {NAMES.get(m, m): paired_text(by_test, (*row, m)) for m in methods if m != REFERENCE})
     ranks = cells.groupby("method")[["rank", "minority_rank"]].mean()
-    f1.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'rank']:.2f}" for m in methods})
-    minority.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'minority_rank']:.2f}" for m in methods})
+    if ranks.notna().any(axis=None):  # not for trimmed runs (unranked)
+        f1.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'rank']:.2f}" for m in methods})
+        minority.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'minority_rank']:.2f}" for m in methods})
     return markdown_table(pd.DataFrame(f1)), markdown_table(pd.DataFrame(minority)), markdown_table(pd.DataFrame(paired))
 
 
@@ -116,7 +118,7 @@ def f1_text(by_cell: pd.DataFrame, key: tuple) -> str:
         return ""
     cell = by_cell.loc[key]
     std = "" if pd.isna(cell["std"]) else f" ± {cell['std']:.2f}"
-    return f"{cell['mean']:.2f}{std} ({cell['rank']:.0f}){TUNED if cell['lr_scale'] != 1 else ''}"
+    return f"{cell['mean']:.2f}{std}{rank_text(cell['rank'])}{TUNED if cell['lr_scale'] != 1 else ''}"
 
 
 def minority_text(by_cell: pd.DataFrame, key: tuple) -> str:
@@ -124,7 +126,17 @@ def minority_text(by_cell: pd.DataFrame, key: tuple) -> str:
     if key not in by_cell.index or pd.isna(by_cell.loc[key, "minority_mean"]):
         return ""
     cell = by_cell.loc[key]
-    return f"{cell['minority_mean']:.2f} ({cell['minority_rank']:.0f})"
+    return f"{cell['minority_mean']:.2f}{rank_text(cell['minority_rank'])}"
+
+
+def rank_text(rank: float) -> str:
+    """' (3)': a rank in its row; '' where the table is unranked (trimmed runs)."""
+    return "" if pd.isna(rank) else f" ({rank:.0f})"
+
+
+def unranked(cells: pd.DataFrame, tests: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`cells` and `tests` without what trimmed runs cannot support: ranks and p-values blanked."""
+    return cells.assign(rank=np.nan, minority_rank=np.nan), tests.assign(p_vs_aos=np.nan)
 
 
 def paired_text(by_test: pd.DataFrame, key: tuple) -> str:
@@ -137,8 +149,9 @@ def paired_text(by_test: pd.DataFrame, key: tuple) -> str:
 
 
 def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], rows: Sequence[tuple], title: str) -> plt.Figure:
-    """F1 per row and method: bars = mean, error bars = std over seeds, dots = each run."""
-    fig, axis = plt.subplots(figsize=(2.5 + 0.45 * len(methods) * len(rows), 5))
+    """F1 per row and method: bars = mean, error bars = std over seeds, dots = each run, † above a cell trained at its
+    method's own lr_scale (TUNED)."""
+    fig, axis = plt.subplots(figsize=(PAGE_WIDTH, 5.5))
     width = 0.85 / len(methods)
     by_cell = cells.set_index([*STUDY_ROW, "method"])
     for i, method in enumerate(methods):
@@ -148,19 +161,26 @@ def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[st
         for position, row in zip(x, rows):
             seeds = runs.merge(pd.DataFrame([dict(zip(STUDY_ROW, row), method=method)]), on=[*STUDY_ROW, "method"])["f1"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
+        tuned = (cell["lr_scale"] != 1) & cell["mean"].notna()
+        for position, top in zip(x[tuned.to_numpy()], (cell["mean"] + cell["std"].fillna(0))[tuned]):
+            axis.annotate(TUNED.strip(), (position, top), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                          fontsize=11, fontweight="bold")  # 2 points above the error bar, whatever the scale
     axis.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
-    axis.set_xticklabels([study_row_label(*row) for row in rows], rotation=15, ha="right")
-    axis.set_title(title, fontsize=10, pad=40)  # room for the legend between title and axes
-    axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(methods), 5), frameon=False)
+    axis.set_xticklabels([study_row_label(*row) for row in rows], rotation=15, ha="right", fontsize=9)
+    if (cells["lr_scale"] != 1).any():
+        title += f"\n{TUNED.strip()} = trained at its method's own lr (method.lr_scale x the recipe's train.lr)"
+    axis.set_title(title, fontsize=10, pad=48)  # room for the legend between title and axes
+    axis.legend(fontsize=9, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=min(len(methods), 5), frameon=False)
     fig.tight_layout()
     return fig
 
 
 def header(name: str, title: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame, replaced: str = "") -> str:
     """The page's title and where its numbers come from, the runs a later sweep replaced, and the sweep's jobs that are not in it."""
+    mark = f"**{note}.**\n\n" if (note := trimmed_note(runs)) else ""
     return f"""# {name}: {title}
 
-Generated by `python -m aos_bench.report` from MLflow: preset `{parents[0].data.tags.get("preset")}`, {len(runs)} FINISHED runs read back;
+{mark}Generated by `python -m aos_bench.report` from MLflow: preset `{parents[0].data.tags.get("preset")}`, {len(runs)} FINISHED runs read back;
 - {environment(runs)};
 {provenance(parents)}{replaced}{missing_jobs(parents)}"""
 
@@ -170,7 +190,8 @@ def write_methods(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.Da
     runs, replaced = later_sweeps_win(runs, parents, [*STUDY_ROW, "method", "seed"])
     runs = one_run_each(runs, sweeps, [*STUDY_ROW, "method", "seed"])
     methods, cells, tests = method_order(runs["method"].unique()), method_cells(runs), against_reference(runs)
-    rows = rows_in_order(cells)
+    rows, trimmed = rows_in_order(cells), runs["trimmed"].any()
+    cells, tests = unranked(cells, tests) if trimmed else (cells, tests)
     f1, minority, paired = wide_table(cells, tests, methods, rows)
     steps = runs.groupby(STUDY_ROW, dropna=False)["steps"].nunique()
     unequal = "" if (steps <= 1).all() else "\n**Optimizer steps differ between the methods of a row**: see `_runs.csv`.\n"
@@ -179,14 +200,18 @@ def write_methods(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.Da
         scales = ", ".join(f"{NAMES.get(m, m)} {s:g} x" for m, s in tuned.groupby("method")["lr_scale"].max().items())
         unequal += (f"\n**{TUNED.strip()} trained at its method's own learning rate** ({scales} the recipe's `train.lr`: "
                     "`method.lr_scale`, conf/method/; why: results/README.md); every other cell at the recipe's.\n")
-    text = f"""{header(name, "test macro-F1 (%) per method, mean ± std over seeds (rank in the row)", parents, runs, replaced)}
+    ranked = "" if trimmed else " (rank in the row)"
+    test = ("no p-value: trimmed runs." if trimmed else """the two-sided p-value of an
+exact sign-flip permutation test of a zero mean difference. With n seeds no p-value can fall below 2 / 2^n
+(0.0625 for 5 seeds).""")
+    text = f"""{header(name, f"test macro-F1 (%) per method, mean ± std over seeds{ranked}", parents, runs, replaced)}
 - every method of a row trains on the same imbalanced subsets (one per seed) for the same number of optimizer steps;
   step imbalance: mu = fraction of minority classes; exp: long-tailed class sizes; rho = largest / smallest class;
   none: the training split's own class sizes.
 {unequal}
 {f1}
 
-## The minority classes: mean F1 over a row's minority classes (%), mean over seeds (rank in the row)
+## The minority classes: mean F1 over a row's minority classes (%), mean over seeds{ranked}
 
 The paper's claim is about the minority classes: `test_f1_minority`, the mean test F1 of the classes the imbalance
 shrank, as each run logged it.
@@ -195,14 +220,12 @@ shrank, as each run logged it.
 
 ## Each method against AOS, paired by seed
 
-Mean difference of F1 (percentage points), method − AOS, over the seeds both ran, and the two-sided p-value of an
-exact sign-flip permutation test of a zero mean difference. With n seeds no p-value can fall below 2 / 2^n
-(0.0625 for 5 seeds).
+Mean difference of F1 (percentage points), method − AOS, over the seeds both ran, and {test}
 
 {paired}
 """
     table = cells.merge(tests, on=[*STUDY_ROW, "method"], how="left")
-    figure = methods_figure(cells, runs, methods, rows, f"{name}: mean ± std over seeds, dots: runs")
+    figure = mark_trimmed(methods_figure(cells, runs, methods, rows, f"{name}: mean ± std over seeds, dots: runs"), runs)
     return write_files(out, name, text, table, figure, runs, [*STUDY_ROW, "method", "seed", "f1", "f1_minority", "steps", "lr_scale"])
 
 
@@ -210,11 +233,11 @@ def write_files(
     out: Path, name: str, text: str, table: pd.DataFrame, figure: plt.Figure, runs: pd.DataFrame, columns: Sequence[str]
 ) -> list[Path]:
     """<out>/<name>.md, .csv (`table`), .png (`figure`) and _runs.csv (one line per run); returns the four paths."""
+    paths = report_files(out, name)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.png", out / f"{name}_runs.csv"]
     paths[0].write_text(text)
     table.to_csv(paths[1], index=False, float_format="%.6g")
-    figure.savefig(paths[2], dpi=120)
+    figure.savefig(paths[2], dpi=DPI)
     plt.close(figure)
     runs.sort_values(list(columns[: list(columns).index("seed") + 1]))[[*columns, "recipe", *env_columns(runs)]].to_csv(paths[3], index=False, float_format="%.6g")
     return paths
@@ -267,6 +290,8 @@ def write_sensitivity(name: str, parents: Sequence[mlflow.entities.Run], runs: p
     wide = texts.pivot(index="p", columns="eps", values="text").fillna("")
     wide.columns = [f"eps={e:g}" + (" (paper)" if marked is not None and np.isclose(e, marked) else "") for e in wide.columns]
     best = cells.loc[cells["mean"].idxmax()]
+    best_line = f"Best cell: eps = {best['eps']:g}, p = {best['p']:g}, {best['mean']:.2f} ± {best['std']:.2f}."
+    best_line = "No best cell: trimmed runs." if runs["trimmed"].any() else best_line
     fewest, most = cells["seeds"].min(), cells["seeds"].max()
     seeds = f"{most} seeds" if fewest == most else f"{fewest} to {most} seeds (a cell with fewer did not finish them all)"
     paper_line = f"the paper's eps = {marked:g} (it gives no p)" if marked is not None else "no paper eps for this row"
@@ -276,7 +301,7 @@ def write_sensitivity(name: str, parents: Sequence[mlflow.entities.Run], runs: p
 
 {markdown_table(wide.reset_index().assign(p=lambda f: fmt("g", f["p"])))}
 
-Best cell: eps = {best['eps']:g}, p = {best['p']:g}, {best['mean']:.2f} ± {best['std']:.2f}.
+{best_line}
 """
-    figure = heatmap(cells, marked, f"{name}: AOS mean macro-F1, {study_row_label(*row)}")
+    figure = mark_trimmed(heatmap(cells, marked, f"{name}: AOS mean macro-F1, {study_row_label(*row)}"), runs)
     return write_files(out, name, text, cells, figure, runs, [*STUDY_ROW, *GRID, "seed", "f1", "steps"])
