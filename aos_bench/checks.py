@@ -206,7 +206,7 @@ def validate(cfg: DictConfig) -> None:
             raise UsageError(f"{key}={show(value)}: {rule.allowed}")
 
 
-STACKABLE_ARCHS = ("lenet",)  # free of BatchNorm (convnet, resnet18) and dropout (allcnn): see aos_bench/stack.py
+STACKABLE_ARCHS = ("lenet",)  # free of BatchNorm (convnet, resnet18) and dropout (allcnn): see aos_bench/train_stacked.py
 
 
 def stack_problem(cfg: DictConfig) -> str | None:

@@ -30,7 +30,7 @@ class Perturb:
     draw: Callable[[int, Mapping, torch.Generator], torch.Tensor]  # (n, cfg, gen) -> the batch's draws, (n, ...)
     batch: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (model, x, y, is_minority, cfg, draws) -> (x, perturbed positions)
     # (forward, params, buffers, x, y, models, is_minority, cfgs, draws) -> (x, perturbed mask (models, batch)), on the
-    # rows `models` of a stack (aos_bench.stack); None = fit_stack() refuses the method
+    # rows `models` of a stack (aos_bench.train_stacked); None = fit_stack() refuses the method
     stack: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 

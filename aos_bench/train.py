@@ -112,7 +112,7 @@ def step_schedule(steps_per_epoch: int, warmup_epochs: int, milestones: tuple[in
 @dataclass(frozen=True)
 class Recipe:
     """What fit() and fit_stack() train by, read once from a job's config (recipe_of): its train settings, the method's
-    lr_scale and the dataset's augmentation. A stack shares one (aos_bench.stacked groups jobs by these values)."""
+    lr_scale and the dataset's augmentation. A stack shares one (aos_bench.launch_stacked groups jobs by these values)."""
 
     batch_size: int  # images per optimizer step
     epochs: int  # passes of epoch_size images
@@ -233,7 +233,7 @@ def step_draws(ts: TrainingSet, n: int, recipe: Recipe) -> StepDraws:
 @dataclass
 class RunStats:
     """A training run's statistics, filled epoch by epoch (fit() one, fit_stack() one per model); aos_bench.job and
-    aos_bench.stacked log them."""
+    aos_bench.launch_stacked log them."""
 
     class_counts: list[int]  # images per class of the method's set (the first epoch's positions)
     losses: torch.Tensor  # every step's training loss, on the training device

@@ -9,7 +9,7 @@ Each dataset trains recipe=paper's network and train settings (conf/recipe_datas
 imbalanced subset (mu = 0.9, rho = 500), job m with seed m and data_seed m (its own subset, initialisation and batches):
 - one job: aos_bench.train.fit on job 0, timed over --steps steps after a --warmup-step fit (bench.py's suite
   pipeline). M separate jobs take M times as long: their throughput is one job's;
-- stacked: aos_bench.stack.fit_stack on jobs 0..M-1 of one method, set up before the clock, timed over --steps steps
+- stacked: aos_bench.train_stacked.fit_stack on jobs 0..M-1 of one method, set up before the clock, timed over --steps steps
   after a --warmup-step stack; its images/s count every model's images.
 MNIST is the real one (from --data-dir; skipped, saying why, when absent). CIFAR-10 and Intel are random uint8 pixels in
 their shapes and class sizes: a step's time does not depend on the pixels, and their files do not fit on the GPU node.
@@ -36,7 +36,7 @@ from aos_bench.imbalance import make_subset
 from aos_bench.methods import Method, get_method
 from aos_bench.paths import CONFIG_DIR
 from aos_bench.runtime import pick_device
-from aos_bench.stack import fit_stack
+from aos_bench.train_stacked import fit_stack
 from aos_bench.sweep import job_overrides
 from aos_bench.train import TrainingSet, epoch_images, planned_steps, recipe_of, training_set
 from bench import ROOT, machine, new_model, shared_options, suite_seconds, sync, write_section  # scripts/bench.py, beside this file

@@ -106,7 +106,7 @@ def test_a_tiny_job_on_cuda_ends_finished_with_its_artifacts(tmp_path):
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_a_stack_on_cuda_trains_each_model_as_its_separate_fit(dataset):
     """fit_stack on the GPU in fp32 (cuDNN may use TF32: a looser tolerance than the CPU's) against fit()."""
-    from aos_bench.stack import fit_stack
+    from aos_bench.train_stacked import fit_stack
 
     jobs = [("base", 0), ("ros", 1), ("aos", 2), ("focal", 3)]
     shared = (f"dataset={dataset}", "train.max_steps=8", "train.batch_size=64", "train.precision=fp32")

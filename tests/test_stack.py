@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, fit_config, make_config
 
-from aos_bench import stack, train
+from aos_bench import train, train_stacked
 from aos_bench.checks import stack_problem
 from aos_bench.data import load_data
 from aos_bench.imbalance import make_subset
@@ -46,7 +46,7 @@ def stacked(jobs: list[tuple], methods: list[Method]) -> tuple[list[train.RunSta
     """fit_stack() over `jobs` (job_inputs tuples) with `methods`; each model's statistics, and the models."""
     sets = [train.training_set(x, y, m, cfg.method, minority, cfg.seed, cfg.train.epoch_size) for (cfg, _, x, y, minority), m in zip(jobs, methods)]
     models = [job[1] for job in jobs]
-    return stack.fit_stack(models, sets, train.recipe_of(jobs[0][0])), models
+    return train_stacked.fit_stack(models, sets, train.recipe_of(jobs[0][0])), models
 
 
 def test_a_stack_trains_each_model_as_its_separate_job_up_to_float_order():
@@ -75,7 +75,7 @@ def test_each_model_of_a_stack_is_clipped_as_clip_grad_norm_clips_it_alone():
     params = [g.clone().requires_grad_(True) for g in grads]
     for p, g in zip(params, grads):
         p.grad = g.clone()
-    clipped = stack.clip_each(params, 1.0)
+    clipped = train_stacked.clip_each(params, 1.0)
     for m in range(3):
         alone = [g[m].clone().requires_grad_(True) for g in grads]
         for p, g in zip(alone, grads):

@@ -146,7 +146,7 @@ def test_quick_benchmark_prints_its_ratios_as_json():
 
 # Parameter hashes after 30 steps of each kind of method (plain, resampled, attacked, re-weighted), with augmentation
 # and the clip, by processor kind: float results differ between kinds (their BLAS and oneDNN kernels add in other
-# orders), so each kind has its own. Each is what the code gave before the stacked path (aos_bench.stack) was added;
+# orders), so each kind has its own. Each is what the code gave before the stacked path (aos_bench.train_stacked) was added;
 # the committed tables' runs depend on them.
 CPU_PINS = {
     # the tables' host: their runs name the model only (logged before 9dfec30), but an AVX-512 EPYC gives these hashes

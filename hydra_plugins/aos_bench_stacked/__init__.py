@@ -1,5 +1,5 @@
 """The Hydra launcher of `hydra/launcher=stacked` (conf/hydra/launcher/stacked.yaml): Hydra instantiates launchers from
-the hydra_plugins namespace only, so the class lives here and the work in aos_bench.stacked."""
+the hydra_plugins namespace only, so the class lives here and the work in aos_bench.launch_stacked."""
 
 import logging
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from aos_bench.stacked import run_stacked, task_config
+from aos_bench.launch_stacked import run_stacked, task_config
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`hydra/launcher=stacked`: a sweep's compatible jobs trained together, one stacked network per group (aos_bench.stack).
+"""`hydra/launcher=stacked`: a sweep's compatible jobs trained together, one stacked network per group (aos_bench.train_stacked).
 The Hydra launcher itself is hydra_plugins/aos_bench_stacked (Hydra takes launchers from that namespace only).
 
 Jobs are grouped by what one network step must share: dataset, model, train settings (batch size, epochs, lr, clip,
@@ -81,7 +81,7 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], max_models: 
     """Set up the jobs of one group key (full configs and their task configs; datasets from `load`), split them by
     step count into stacks of at most max_models, train each stack and log its jobs' runs; each job's F1 or error."""
     from aos_bench.job import set_up_job
-    from aos_bench.stack import fit_stack
+    from aos_bench.train_stacked import fit_stack
     from aos_bench.tracking import run_name
     from aos_bench.train import planned_steps, recipe_of, training_set
 
