@@ -64,7 +64,7 @@ def export_sweep(uri: str, sweep: str, path: Path) -> int:
     jobs = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{sweep}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time ASC"], max_results=50000,
-    )  # fmt: skip
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as out:
         out.write(json.dumps({**run_record(client, parent), "experiment": experiment.name}, sort_keys=True) + "\n")
@@ -98,10 +98,8 @@ def import_sweep(uri: str, path: Path) -> tuple[str, int, int]:
     experiment_id = ensure_experiment(uri, parent["experiment"])  # first: a client opens the store, which the lock covers
     client = mlflow.MlflowClient(uri)
     same = last_parent(client, experiment_id, parent["tags"]["sweep_key"])
-    if same:
-        parent_id = same[0].info.run_id
-    else:
-        parent_id = create_run(client, experiment_id, parent, parent["tags"] | {"carried_from": parent["run_id"]})
+    tags = parent["tags"] | {"carried_from": parent["run_id"]}
+    parent_id = same[0].info.run_id if same else create_run(client, experiment_id, parent, tags)
     done = {
         run.data.tags.get("config_hash")
         for run in client.search_runs([experiment_id], f"tags.sweep = '{parent_id}' and attributes.status = 'FINISHED'", max_results=50000)

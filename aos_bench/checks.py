@@ -73,7 +73,8 @@ def flag() -> Rule:
 
 def text(nullable: str = "") -> Rule:
     """A non-empty string; `nullable` says what null means where null is allowed."""
-    return Rule("a non-empty text" + (f", or null ({nullable})" if nullable else ""), lambda v: (bool(nullable) and v is None) or (isinstance(v, str) and v != ""))
+    text = "a non-empty text" + (f", or null ({nullable})" if nullable else "")
+    return Rule(text, lambda v: (bool(nullable) and v is None) or (isinstance(v, str) and v != ""))
 
 
 def holds_credentials(uri: str) -> bool:
@@ -124,7 +125,8 @@ RULES: dict[str, Rule] = {
     "dataset.minority_rho": number(1, unit="a class is minority when the largest class has more than minority_rho times its images"),
     "dataset.minority_classes": Rule(
         "a list of class names or indices, or null (the rule of dataset.minority_rho)",
-        lambda v: v is None or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)),
+        lambda v: v is None
+        or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)),
     ),
     "dataset.n_classes": whole(2),
     "dataset.train_per_class": whole(1),
@@ -219,7 +221,8 @@ def stack_problem(cfg: DictConfig) -> str | None:
     if cfg.train.compile:
         return "train.compile=true: hydra/launcher=stacked runs eager stacked models; allowed with it: false"
     if cfg.tracking.get("checkpoint_dir") is not None:
-        return f"tracking.checkpoint_dir={cfg.tracking.checkpoint_dir}: hydra/launcher=stacked saves no checkpoint (a stopped stack trains again); allowed with it: null"
+        return (f"tracking.checkpoint_dir={cfg.tracking.checkpoint_dir}: hydra/launcher=stacked saves no checkpoint"
+                " (a stopped stack trains again); allowed with it: null")
     return None
 
 

@@ -25,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
 
 from aos_bench.checks import RULES, show
-from aos_bench.errors import UsageError  # re-exported: modules import it from here
+from aos_bench.errors import UsageError
 
 # Bump when the cached content or its layout changes, so old cache files are never reused.
 CACHE_FORMAT_VERSION = 1
@@ -148,8 +148,11 @@ def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     # torchvision reports network failures as URLError (an OSError) and bad checksums as RuntimeError.
     except (RuntimeError, OSError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        reason = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") else lines[0]  # torchvision: `Error downloading x.gz:` ... the last mirror's error
-        raise UsageError(f"MNIST not found in {raw} (download failed, nothing written: {reason}){hint}, or download on a machine with internet access") from error
+        # torchvision: `Error downloading x.gz:` ... the last mirror's error
+        reason = f"{lines[0]} {lines[-1]}" if lines[0].endswith(":") else lines[0]
+        raise UsageError(
+            f"MNIST not found in {raw} (download failed, nothing written: {reason}){hint}, or download on a machine with internet access"
+        ) from error
     return _mnist_from_idx([raw / name for name in MNIST_FILES])
 
 
@@ -363,7 +366,7 @@ def normalisation(dataset: Mapping, train_x: torch.Tensor) -> tuple[list[float],
     mean = counts @ levels / counts.sum(1)
     std = ((counts * (levels - mean[:, None]) ** 2).sum(1) / counts.sum(1)).sqrt()
     std[std == 0] = 1  # a constant channel (one value in every image) normalises to 0 instead of dividing by zero
-    mean, std = (measured.tolist() if value is None else list(value) for value, measured in zip(given, (mean, std)))
+    mean, std = (measured.tolist() if value is None else list(value) for value, measured in zip(given, (mean, std), strict=True))
     return mean, std
 
 
@@ -459,22 +462,24 @@ def _read_image_folder(
             problem = _cache_mismatch(saved, classes, len(files), size)
         # Any unreadable cache file is simply rebuilt.
         except Exception as error:
-            warnings.warn(f"ignoring unreadable cache file {cache}: {_one_line(error)}")
+            warnings.warn(f"ignoring unreadable cache file {cache}: {_one_line(error)}", stacklevel=2)
         else:
             if problem is None:
                 skipped = saved["skipped"]
                 if skipped and not skip_bad:
-                    raise UsageError(f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out")
+                    raise UsageError(
+                        f"cannot decode image {root / skipped[0]} ({len(skipped)} unreadable in {root}); dataset.skip_bad=true leaves them out"
+                    )
                 _require_readable_classes(root, classes, saved["y"])
                 return saved["x"], saved["y"], classes, skipped, left_out
-            warnings.warn(f"rebuilding cache file {cache}: {problem}")
+            warnings.warn(f"rebuilding cache file {cache}: {problem}", stacklevel=2)
     paths = [root / relative for relative, _ in files]
     x, kept = _decode_images(paths, size, skip_bad)
     y = torch.tensor([label for _, label in files], dtype=torch.int64)[kept]
-    skipped = [relative for (relative, _), ok in zip(files, kept.tolist()) if not ok]
+    skipped = [relative for (relative, _), ok in zip(files, kept.tolist(), strict=True) if not ok]
     _require_readable_classes(root, classes, y)
     if skipped:
-        warnings.warn(f"dataset.skip_bad=true: left out {len(skipped)} unreadable images of {root}, the first {root / skipped[0]}")
+        warnings.warn(f"dataset.skip_bad=true: left out {len(skipped)} unreadable images of {root}, the first {root / skipped[0]}", stacklevel=2)
     _save_cache(cache, {"x": x, "y": y, "classes": classes, "skipped": skipped})
     return x, y, classes, skipped, left_out
 
@@ -487,7 +492,8 @@ def _cache_mismatch(saved: Any, classes: list[str], n_files: int, size: tuple[in
     if saved["classes"] != classes:
         return f"its classes {saved['classes']} are not the folder's {classes}"
     if len(y) + len(skipped) != n_files or tuple(x.shape) != (len(y), 3, *size) or x.dtype != torch.uint8:
-        return f"it holds {tuple(x.shape)} {x.dtype} images, {len(y)} labels and {len(skipped)} skipped files for {n_files} files of {size[0]}x{size[1]}"
+        return (f"it holds {tuple(x.shape)} {x.dtype} images, {len(y)} labels and {len(skipped)} skipped files"
+                f" for {n_files} files of {size[0]}x{size[1]}")
     if y.dtype != torch.int64 or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(classes)):
         return f"its labels are not {len(classes)} classes' int64 labels"
     return None
@@ -537,7 +543,7 @@ def _save_cache(path: Path, content: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        warnings.warn(f"not caching decoded images: cannot write to {path.parent} ({error})")
+        warnings.warn(f"not caching decoded images: cannot write to {path.parent} ({error})", stacklevel=2)
         return
     try:
         # mkstemp creates the file private (0600); a cache shared between users must be readable.
@@ -551,7 +557,7 @@ def _save_cache(path: Path, content: dict[str, Any]) -> None:
         Path(tmp).unlink(missing_ok=True)
         if not isinstance(error, (OSError, RuntimeError)):
             raise
-        warnings.warn(f"not caching decoded images: cannot write {path} ({error})")
+        warnings.warn(f"not caching decoded images: cannot write {path} ({error})", stacklevel=2)
 
 
 def _load_synthetic(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:

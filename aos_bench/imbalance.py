@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aos_bench.data import UsageError
+from aos_bench.errors import UsageError
 
 MINORITY_MODES = ("random", "first", "last")
 # Under imbalance=none a class is minority when the largest class has more than this many times its images: 1.5, the
@@ -164,7 +164,7 @@ def ordered_sizes(profile: list[int], minority: object, gen: torch.Generator) ->
     if not isinstance(minority, str):
         raise UsageError(f"imbalance.minority={minority} is not one of {MINORITY_MODES} (a list is for step only)")
     sizes = [0] * len(profile)
-    for c, size in zip(ordered_classes(len(profile), minority, gen), profile):
+    for c, size in zip(ordered_classes(len(profile), minority, gen), profile, strict=True):
         sizes[c] = size
     return sizes
 

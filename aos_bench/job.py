@@ -10,12 +10,12 @@ from pathlib import Path
 import mlflow
 import torch
 from omegaconf import DictConfig
-from torch import nn
 from sklearn.metrics import confusion_matrix
+from torch import nn
 
 from aos_bench.checks import validate as check_values
-from aos_bench.errors import UsageError
 from aos_bench.data import ImageData, load_data, normalisation
+from aos_bench.errors import UsageError
 from aos_bench.imbalance import Subset, make_subset
 from aos_bench.methods import Method, get_method, validate_method
 from aos_bench.metrics import per_class, scores

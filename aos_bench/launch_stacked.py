@@ -72,7 +72,7 @@ def run_stacked(configs: Sequence[DictConfig], max_models: int) -> list[float | 
     load = cached_loader()  # one decoding of each dataset for all groups
     for group in groups([group_key(tasks[i]) for i in pending]):
         where = [pending[i] for i in group]
-        for i, value in zip(where, train_group([configs[i] for i in where], [tasks[i] for i in where], max_models, load)):
+        for i, value in zip(where, train_group([configs[i] for i in where], [tasks[i] for i in where], max_models, load), strict=True):
             results[i] = value
     return results
 
@@ -81,9 +81,9 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], max_models: 
     """Set up the jobs of one group key (full configs and their task configs; datasets from `load`), split them by
     step count into stacks of at most max_models, train each stack and log its jobs' runs; each job's F1 or error."""
     from aos_bench.job import set_up_job
-    from aos_bench.train_stacked import fit_stack
     from aos_bench.tracking import run_name
     from aos_bench.train import planned_steps, recipe_of, training_set
+    from aos_bench.train_stacked import fit_stack
 
     jobs = [set_up_job(task, load=load) for task in tasks]
     sets = [training_set(j.x, j.y, j.method, j.cfg.method, j.subset.minority_classes, j.cfg.seed, j.cfg.train.epoch_size) for j in jobs]
@@ -93,7 +93,7 @@ def train_group(configs: list[DictConfig], tasks: list[DictConfig], max_models: 
         members = [jobs[i] for i in stack]
         log.info("training a stack of %d: %s", len(stack), ", ".join(run_name(j.cfg) for j in members))
         stats = fit_stack([j.model for j in members], [sets[i] for i in stack], recipe, name=f"stack of {len(stack)}")
-        for i, job_stats in zip(stack, stats):
+        for i, job_stats in zip(stack, stats, strict=True):
             results[i] = log_job(jobs[i], configs[i], job_stats, len(stack))
     return results
 

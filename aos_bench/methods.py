@@ -10,6 +10,7 @@ A method is an entry of METHODS, a Method of optional hooks (None = the plain ch
 Adding a method = one function or two here, one entry in METHODS, one file in conf/method/.
 """
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -212,7 +213,7 @@ def adversarial_minority_stack(
         sub_buffers = {k: v[chosen] for k, v in buffers.items()}
         eps = torch.tensor([float(cfgs[i]["eps"]) for i in rows], device=x.device).view(-1, *[1] * (x.dim() - 1))
         majority = ~is_minority[rows].unsqueeze(1) if targeted else None
-        adv = fgsm(lambda z: forward(sub_params, sub_buffers, z), x[chosen], y[chosen], eps, steps, majority)
+        adv = fgsm(functools.partial(forward, sub_params, sub_buffers), x[chosen], y[chosen], eps, steps, majority)
         x[chosen] = torch.where(mask[rows].view(*mask[rows].shape, *[1] * (x.dim() - 2)), adv, x[chosen])
     return x, mask
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from aos_bench.data import UsageError
+from aos_bench.errors import UsageError
 
 ARCHS = ("convnet", "lenet", "allcnn", "resnet18", "cifar_resnet")
 

@@ -43,7 +43,7 @@ def decode(blob: np.ndarray, ends: np.ndarray, n: int, shape: Sequence[int]) -> 
     """The first `n` images of encode()'s pictures as uint8 (n, C, H, W), `shape` = (C, H, W)."""
     c, h, w = shape
     images = []
-    for start, end in zip([0, *ends[:-1]], ends):
+    for start, end in zip([0, *ends[:-1]], ends, strict=True):
         picture = np.asarray(Image.open(io.BytesIO(blob[start:end].tobytes())).convert("L" if c == 1 else "RGB"))
         tiles = picture.reshape(GRID, h, GRID, w, c).transpose(0, 2, 1, 3, 4).reshape(GRID * GRID, h, w, c)
         images.append(tiles)
@@ -61,7 +61,8 @@ def write_pack(
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as file:  # uncompressed npz: WebP is compressed already
         np.savez(
-            file, dataset=np.array(content_settings(dataset)), classes=np.array(list(classes)), shape=np.array(train_x.shape[1:]), train_y=train_y.numpy().astype(np.int64),
+            file, dataset=np.array(content_settings(dataset)), classes=np.array(list(classes)), shape=np.array(train_x.shape[1:]),
+            train_y=train_y.numpy().astype(np.int64),
             rows=rows.numpy(), train_blob=train_blob, train_ends=train_ends, test_y=test_y.numpy().astype(np.int64),
             test_blob=test_blob, test_ends=test_ends,
         )

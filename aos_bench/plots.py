@@ -5,9 +5,9 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str]) -> plt.Figure:

@@ -70,7 +70,7 @@ def credentials() -> tuple[str | None, str | None]:
     if path.exists():
         parser = configparser.ConfigParser()
         parser.read(path)
-        from_file = parser["mlflow"] if "mlflow" in parser else {}
+        from_file = parser["mlflow"] if parser.has_section("mlflow") else {}
     names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     user, password = (os.environ.get(name) or from_file.get(name.lower()) for name in names)
     return user, password

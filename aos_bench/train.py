@@ -365,7 +365,8 @@ def fit(
         epochs.set_postfix(loss=f"{values['train_loss']:.3f}")
         on_epoch(epoch, values)
         if not progress:  # no bar (a multirun, no terminal): one line per epoch instead
-            line = epoch_line(epoch, recipe.epochs, values["train_loss"], stats.train_steps - steps_before, total - steps_before, time.perf_counter() - start)
+            line = epoch_line(epoch, recipe.epochs, values["train_loss"], stats.train_steps - steps_before, total - steps_before,
+                              time.perf_counter() - start)
             log.info(f"{name}: {line}" if name else line)
         if stats.train_steps == total:
             break

@@ -71,7 +71,7 @@ def stack_losses(logits: torch.Tensor, y: torch.Tensor, sets: Sequence[TrainingS
     plain = [m for m, s in enumerate(sets) if s.method.loss is None]
     if plain:
         ce = F.cross_entropy(logits[plain].flatten(0, 1), y[plain].flatten(), reduction="none").view(len(plain), -1).mean(1)
-        for m, loss in zip(plain, ce):
+        for m, loss in zip(plain, ce, strict=True):
             losses[m] = loss
     for m, s in enumerate(sets):
         if s.method.loss is not None:
@@ -91,7 +91,7 @@ def perturb_stack(
         is_minority = torch.stack([sets[m].is_minority for m in models])
         picked = torch.stack([draws[m].perturb for m in models])
         x, mask = form(forward, params, buffers, x, y, models, is_minority, [sets[m].method_cfg for m in models], picked)
-        masks |= dict(zip(models, mask))
+        masks |= dict(zip(models, mask, strict=True))
     return x, torch.stack([masks[m] for m in attackers])
 
 
@@ -107,7 +107,9 @@ def stacked_forward(models: Sequence[nn.Module]) -> tuple[Callable[..., torch.Te
     return torch.vmap(one), params, buffers
 
 
-def stack_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, draws: Sequence[StepDraws], recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_batch(
+    x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, draws: Sequence[StepDraws], recipe: Recipe
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The step's batches, (models, batch, ...) floats and (models, batch) labels: one gather of rows `idx` of every
     model's images, augmented as bytes with each model's own draws."""
     mirror = torch.cat([d.mirror for d in draws]) if draws[0].mirror is not None else None
@@ -116,11 +118,14 @@ def stack_batch(x_all: torch.Tensor, y_all: torch.Tensor, idx: torch.Tensor, dra
     return x.view(*idx.shape, *x.shape[1:]), y_all[idx]
 
 
-def record_epoch(stats: list[RunStats], losses: torch.Tensor, clipped: torch.Tensor, adv: torch.Tensor, attackers: list[int], steps: int, first_step: int, recipe: Recipe) -> float:
+def record_epoch(
+    stats: list[RunStats], losses: torch.Tensor, clipped: torch.Tensor, adv: torch.Tensor, attackers: list[int], steps: int,
+    first_step: int, recipe: Recipe,
+) -> float:
     """Each model's epoch into its statistics (losses, logged values; the first divergence as its error) with the
     epoch's host syncs; returns the mean loss over the models."""
     means = (losses.sum(0) / max(1, steps)).tolist()
-    counts, adv_counts = clipped.tolist(), dict(zip(attackers, adv.tolist()))
+    counts, adv_counts = clipped.tolist(), dict(zip(attackers, adv.tolist(), strict=True))
     for m, s in enumerate(stats):
         if s.error is None and not math.isfinite(means[m]):
             s.error = str(diverged(losses[:, m], first_step, recipe.lr))
@@ -138,7 +143,8 @@ def fit_stack(models: Sequence[nn.Module], sets: Sequence[TrainingSet], recipe: 
     message, or None: a diverged model does not stop the others)."""
     for s in sets:
         if s.method.perturb is not None and s.method.perturb.stack is None:
-            raise UsageError(f"method.name={s.method_cfg['name']}: hydra/launcher=stacked has no stacked form of its perturb hook; run it with the basic or joblib launcher")
+            raise UsageError(f"method.name={s.method_cfg['name']}: hydra/launcher=stacked has no stacked form of its perturb hook;"
+                             " run it with the basic or joblib launcher")
     device, n = sets[0].x.device, len(models)
     steps_per_epoch, total = planned_steps(sets[0].n_images, recipe)
     if any(planned_steps(s.n_images, recipe) != (steps_per_epoch, total) for s in sets):
@@ -161,10 +167,10 @@ def fit_stack(models: Sequence[nn.Module], sets: Sequence[TrainingSet], recipe: 
         clipped = torch.zeros(n, dtype=torch.int64, device=device)
         adv_images = torch.zeros(len(attackers), dtype=torch.int64, device=device)
         held = None  # the epoch's first attacked batch, for attackers still without examples
-        for idx in zip(*batches):
+        for idx in zip(*batches, strict=True):
             if step == total:
                 break
-            draws = [step_draws(s, len(i), recipe) for s, i in zip(sets, idx)]
+            draws = [step_draws(s, len(i), recipe) for s, i in zip(sets, idx, strict=True)]
             xb, yb = stack_batch(x_all, y_all, torch.stack(idx), draws, recipe)
             if attackers:
                 clean = xb
@@ -196,7 +202,9 @@ def fit_stack(models: Sequence[nn.Module], sets: Sequence[TrainingSet], recipe: 
     return stats
 
 
-def keep_examples(stats: list[RunStats], attackers: list[int], clean: torch.Tensor, attacked: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
+def keep_examples(
+    stats: list[RunStats], attackers: list[int], clean: torch.Tensor, attacked: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+) -> None:
     """Give each attacker still without examples its first EXAMPLES attacked images of one batch: (clean, attacked, label)."""
     for i, m in enumerate(attackers):
         rows = mask[i].nonzero().flatten()[:EXAMPLES]

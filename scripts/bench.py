@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from aos_bench.data import ImageData, _unnest, load_data
-from aos_bench.imbalance import Subset as ImbalancedSubset, make_subset
+from aos_bench.imbalance import Subset as ImbalancedSubset
+from aos_bench.imbalance import make_subset
 from aos_bench.methods import get_method
 from aos_bench.models import build_model
 from aos_bench.paths import CONFIG_DIR
@@ -123,10 +124,10 @@ def new_model(cfg: DictConfig, data: ImageData, device: torch.device) -> nn.Sequ
 
 def train_step(
     net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-    precision: contextlib.AbstractContextManager = contextlib.nullcontext(),
+    precision: contextlib.AbstractContextManager | None = None,
 ) -> None:
     """One SGD step on a normalised batch, its forward pass under `precision` (as in fit: backward outside autocast)."""
-    with precision:
+    with precision or contextlib.nullcontext():
         loss = F.cross_entropy(net(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -359,7 +360,8 @@ def machine(device: torch.device) -> dict:
     else:
         names = re.findall(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else []
         processor = f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores"
-    return {"device": device.type, "processor": processor, "torch": torch.__version__, "threads": torch.get_num_threads(), "load_1min": os.getloadavg()[0]}
+    return {"device": device.type, "processor": processor, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "load_1min": os.getloadavg()[0]}
 
 
 def goal_lines(result: dict) -> list[str]:
@@ -393,7 +395,8 @@ def markdown(result: dict, setup: dict, command: str) -> str:
         "",
         f"{setup['processor']}; torch {setup['torch']}, {setup['threads']} torch threads; 1-minute load average "
         f"{setup['load_1min']:.2f} before, {setup['load_1min_after']:.2f} after. Model: {model}. Batch {setup['batch_size']}, "
-        f"{setup['steps']} timed steps after {setup['warmup']} warm-up steps, median of {setup['repeats']} rounds. Reference dataset object: {result['reference_dataset']}.",
+        f"{setup['steps']} timed steps after {setup['warmup']} warm-up steps, median of {setup['repeats']} rounds."
+        f" Reference dataset object: {result['reference_dataset']}.",
         "",
         "| pipeline | images/s | ms/step |",
         "|---|---:|---:|",

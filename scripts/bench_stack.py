@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
+from bench import ROOT, machine, new_model, shared_options, suite_seconds, sync, write_section  # scripts/bench.py, beside this file
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -36,10 +37,9 @@ from aos_bench.imbalance import make_subset
 from aos_bench.methods import Method, get_method
 from aos_bench.paths import CONFIG_DIR
 from aos_bench.runtime import pick_device
-from aos_bench.train_stacked import fit_stack
 from aos_bench.sweep import job_overrides
 from aos_bench.train import TrainingSet, epoch_images, planned_steps, recipe_of, training_set
-from bench import ROOT, machine, new_model, shared_options, suite_seconds, sync, write_section  # scripts/bench.py, beside this file
+from aos_bench.train_stacked import fit_stack
 
 RANDOM_PIXELS = {  # datasets stood in for by random uint8 pixels: (channels, training images per class)
     "cifar10": (3, [5000] * 10),  # CIFAR-10's training split

@@ -59,7 +59,8 @@ def main() -> None:
                     times[setting].append(job_seconds(dataset, setting, args.threads, Path(tmp)))
             medians = {setting: statistics.median(ts) for setting, ts in times.items()}
             for setting, ts in times.items():
-                print(f"{dataset} recipe={setting}: median {medians[setting]:.1f} s of {args.repeats} jobs ({', '.join(f'{t:.1f}' for t in ts)})", flush=True)
+                times = ", ".join(f"{t:.1f}" for t in ts)
+                print(f"{dataset} recipe={setting}: median {medians[setting]:.1f} s of {args.repeats} jobs ({times})", flush=True)
             ratio = medians[args.recipe] / BUDGET_S[dataset]
             print(f"{dataset}: median / budget ({BUDGET_S[dataset]} s) = {ratio:.2f} ({'met' if ratio <= 1 else 'NOT met'})")
             if args.against:

@@ -20,7 +20,6 @@ import os
 import secrets
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +64,7 @@ def mlflow_server(backend: str, folder: Path, workers: int) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 at a free port, its runs in `backend`, its artifacts under folder; yields its URL."""
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-               str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]  # fmt: skip
+               str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner
     with open(folder / "server.log", "w") as log:  # its own process group: uvicorn runs in a child process
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -170,7 +169,7 @@ def load(url: str, jobs: int, parallel: int, epochs: int, timeout: float) -> dic
         "errors": len(errors), "first_error": errors[0] if errors else "",
         "lost": jobs - len(runs), "running": sum(run.info.status == "RUNNING" for run in runs),
         "finished": sum(run.info.status == "FINISHED" for run in runs),
-    }  # fmt: skip
+    }
 
 
 def line(store: str, figures: dict) -> str:
@@ -178,7 +177,7 @@ def line(store: str, figures: dict) -> str:
     text = (f"{store}: {figures['jobs']} jobs, {figures['parallel']} at once, {figures['epochs']} epochs each: "
             f"{figures['jobs_per_min']:.1f} jobs/min; one job's logging p50 {figures['p50_s']:.2f} s, p95 {figures['p95_s']:.2f} s; "
             f"errors {figures['errors']}; runs lost {figures['lost']}, left RUNNING {figures['running']}, FINISHED {figures['finished']} "
-            f"(wall {figures['wall_s']:.1f} s)")  # fmt: skip
+            f"(wall {figures['wall_s']:.1f} s)")
     return text + (f"; first error: {figures['first_error']}" if figures["errors"] else "")
 
 

@@ -37,7 +37,7 @@ def recording(loss: Callable, steps: list[dict]) -> Callable:
             "minority_images": int((counts[y] < counts.max()).sum()),  # of a class under the largest
             "classes_predicted": int(predicted.unique().numel()),
             "max_abs_logit": logits.abs().max().item(),
-        })  # fmt: skip
+        })
         return value
 
     return recorded
@@ -74,7 +74,8 @@ def main() -> None:
         ended = f"test_f1_macro {metrics['test_f1_macro']:.2f}, test_f1_minority {metrics['test_f1_minority']:.2f}"
     except Diverged as error:
         ended = f"diverged: {error}"
-    print("\n".join(windows(steps)), f"\n{len(steps)} steps; {sum(s['minority_images'] == 0 for s in steps)} batches without a minority image; {ended}")
+    without = sum(s["minority_images"] == 0 for s in steps)
+    print("\n".join(windows(steps)), f"\n{len(steps)} steps; {without} batches without a minority image; {ended}")
     if args.json:
         args.json.write_text(json.dumps({"overrides": args.overrides, "ended": ended, "steps": steps}))
 

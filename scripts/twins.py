@@ -58,7 +58,8 @@ def main() -> None:
     for method, values in differences.items():
         rms = math.sqrt(sum(d * d for d in values) / len(values))
         largest = max(abs(d) for d in values)
-        print(f"{method}: {len(values)} pairs, RMS of first - second {rms:.2f}, RMS of the pair's std {rms / math.sqrt(2):.2f}, largest |difference| {largest:.6f}")
+        print(f"{method}: {len(values)} pairs, RMS of first - second {rms:.2f}, RMS of the pair's std {rms / math.sqrt(2):.2f},"
+              f" largest |difference| {largest:.6f}")
 
 
 if __name__ == "__main__":

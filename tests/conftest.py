@@ -6,10 +6,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from servers import mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
 # A relative AOS_DATA_DIR is taken from the project root, like the default ../shared/data.
@@ -117,3 +119,28 @@ def postgres() -> Iterator[str]:
     yield local_postgres("uri").stdout.strip()
     if started:
         local_postgres("stop")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A bare environment for the subprocesses, importing aos_bench from this checkout (as an editable install does):
+    one shared matplotlib font cache (not one built per test), and one torch thread per process, as these tiny models
+    gain nothing from more and parallel jobs would oversubscribe."""
+    home = tmp_path_factory.mktemp("home")
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"), "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file with MLflow's tables and no experiment: creating them takes seconds, so tests copy this one."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """An open `mlflow server` (no authentication) for one test, its files under tmp_path/server; its URL."""
+    with mlflow_server(tmp_path / "server", env) as url:
+        yield url

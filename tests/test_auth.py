@@ -1,7 +1,6 @@
 """The locked tracking server: `mlflow server --app-name basic-auth`, credentials from the environment only, one line
 on a refusal, and no password in anything the suite writes."""
 
-import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,36 +9,20 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow.server import get_app_client
-from test_server import env, free_port, mlflow_server, run_files  # noqa: F401 (env: the subprocesses' environment fixture)
-from test_sweep import sweep_cli
+from servers import ADMIN, ALICE, PASSWORD, USER, free_port, mlflow_server, run_files, signed_in
+from sweeps import sweep_cli
 
 from aos_bench import report
 from aos_bench.store import server_problem
 from aos_bench.tracking import require_server
 
-USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic auth
-ADMIN = {USER: "admin", PASSWORD: "admin-Pw-3c81f0d2"}  # MLflow 3.17 takes passwords of 12 characters or more
-ALICE = {USER: "alice", PASSWORD: "alice-Pw-9e4b7a15"}  # the secret that nothing the suite writes may hold
 WRONG = {USER: "alice", PASSWORD: "wrong-Pw-5d2e8b60"}
 REFUSED = "refused the credentials (HTTP 401); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # after key=uri
 IN_A_URI = "a URI with no user or password in it (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead)"
 
 
-@contextlib.contextmanager
-def signed_in(home: str, credentials: dict[str, str]) -> Iterator[None]:
-    """In this process, MLflow's client and the suite's probe send these credentials and no others (HOME: where
-    ~/.mlflow/credentials would be)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HOME", home)
-        for name in (USER, PASSWORD):
-            patch.delenv(name, raising=False)
-        for name, value in credentials.items():
-            patch.setenv(name, value)
-        yield
-
-
 @pytest.fixture(scope="module")
-def locked(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[str]:  # noqa: F811
+def locked(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[str]:
     """A basic-auth `mlflow server` for this module, with the user alice created by its admin; its URL."""
     folder = tmp_path_factory.mktemp("locked") / "server"
     secrets = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[PASSWORD]}
@@ -57,7 +40,7 @@ def stored(url: str, home: str) -> tuple[set[str], set[str]]:
         return set(experiments), {run.info.run_id for run in client.search_runs(experiments)}
 
 
-def test_the_probe_sends_the_credentials_that_mlflow_sends(locked, env, tmp_path):  # noqa: F811
+def test_the_probe_sends_the_credentials_that_mlflow_sends(locked, env, tmp_path):
     with signed_in(env["HOME"], {}):
         assert server_problem(locked) == REFUSED
     with signed_in(env["HOME"], WRONG):
@@ -75,7 +58,7 @@ def test_the_probe_sends_the_credentials_that_mlflow_sends(locked, env, tmp_path
     [(["-m", "experiment=smoke"], {}), (["dataset=synthetic", "train=smoke"], WRONG)],
     ids=["sweep-without-credentials", "run-with-wrong-credentials"],
 )
-def test_missing_or_wrong_credentials_stop_with_one_line_and_no_run(tmp_path, env, locked, mode, credentials):  # noqa: F811
+def test_missing_or_wrong_credentials_stop_with_one_line_and_no_run(tmp_path, env, locked, mode, credentials):
     before = stored(locked, env["HOME"])
     command = [sys.executable, "-m", "aos_bench", *mode, f"tracking.uri={locked}", f"hydra.sweep.dir={tmp_path}/multirun"]
     result = subprocess.run(command, cwd=tmp_path, env=env | credentials, capture_output=True, text=True, timeout=300)
@@ -87,7 +70,7 @@ def test_missing_or_wrong_credentials_stop_with_one_line_and_no_run(tmp_path, en
 
 
 @pytest.mark.parametrize("credentials", [{}, WRONG], ids=["without-credentials", "with-wrong-credentials"])
-def test_report_refuses_missing_or_wrong_credentials_with_one_line(tmp_path, env, locked, credentials, capsys):  # noqa: F811
+def test_report_refuses_missing_or_wrong_credentials_with_one_line(tmp_path, env, locked, credentials, capsys):
     with signed_in(env["HOME"], credentials), pytest.raises(SystemExit) as stop:
         report.main(["--tracking-uri", locked, "--out", str(tmp_path / "results")])
     assert stop.value.code == 2
@@ -96,7 +79,7 @@ def test_report_refuses_missing_or_wrong_credentials_with_one_line(tmp_path, env
 
 
 @pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], ["dataset=synthetic", "train=smoke"]], ids=["sweep", "run"])
-def test_a_uri_with_credentials_is_refused_without_echoing_them(tmp_path, env, mode):  # noqa: F811
+def test_a_uri_with_credentials_is_refused_without_echoing_them(tmp_path, env, mode):
     uri = f"http://alice:{ALICE[PASSWORD]}@127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "aos_bench", *mode, f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -111,7 +94,7 @@ def test_a_uri_with_credentials_is_refused_without_echoing_them(tmp_path, env, m
 def test_a_uri_with_credentials_from_the_environment_or_the_report_is_refused(tmp_path, capsys):
     uri = f"https://alice:{ALICE[PASSWORD]}@mlflow.example.org"
     for key, stop_here in [("MLFLOW_TRACKING_URI", lambda: require_server(uri, "MLFLOW_TRACKING_URI")),
-                           ("--tracking-uri", lambda: report.main(["--tracking-uri", uri, "--out", str(tmp_path)]))]:  # fmt: skip
+                           ("--tracking-uri", lambda: report.main(["--tracking-uri", uri, "--out", str(tmp_path)]))]:
         with pytest.raises(SystemExit) as stop:
             stop_here()
         assert stop.value.code == 2
@@ -121,7 +104,7 @@ def test_a_uri_with_credentials_from_the_environment_or_the_report_is_refused(tm
 
 
 @pytest.mark.slow  # 86 s on a 2-core machine shared with two training sweeps: python -m pytest -m slow tests/test_auth.py
-def test_sweep_with_credentials_finishes_and_writes_no_password(tmp_path, env, locked, capsys):  # noqa: F811
+def test_sweep_with_credentials_finishes_and_writes_no_password(tmp_path, env, locked, capsys):
     args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0", f"tracking.uri={locked}", "tracking.experiment=locked"]
     result = sweep_cli(tmp_path, env | ALICE, *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     assert result.returncode == 0, result.stderr
@@ -132,7 +115,7 @@ def test_sweep_with_credentials_finishes_and_writes_no_password(tmp_path, env, l
         files = {run.info.run_id: run_files(client, run.info.run_id, tmp_path / "downloads" / run.info.run_id) for run in runs}
         report.main(["--tracking-uri", locked, "--experiment", "locked", "--out", str(tmp_path / "results")])
     assert sorted((run.info.status, "sweep_key" in run.data.tags) for run in runs) == [
-        ("FINISHED", False), ("FINISHED", False), ("FINISHED", True)]  # fmt: skip
+        ("FINISHED", False), ("FINISHED", False), ("FINISHED", True)]
     parent = next(run for run in runs if "sweep_key" in run.data.tags)
     assert {"report/smoke.md", "report/smoke.csv", "report/smoke.png"} <= set(files[parent.info.run_id])
     assert f"tracking.uri={locked}" in (tmp_path / "results" / "smoke.md").read_text()  # its header: the sweep's command

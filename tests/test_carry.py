@@ -8,15 +8,14 @@ import sys
 import mlflow
 import pandas as pd
 import pytest
-
 from conftest import ROOT, make_config
-from test_sweep import TINY, copy_store, empty_store, env, stored, sweep_cli  # noqa: F401 (empty_store and env: fixtures)
+from sweeps import TINY, copy_store, stored, sweep_cli
 
 from aos_bench import carry, report
 from aos_bench.tracking import config_hash
 
 
-def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, env, empty_store):  # noqa: F811
+def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, env, empty_store):
     source, target = tmp_path / "source", tmp_path / "target"
     source.mkdir(), target.mkdir()
     copy_store(empty_store, source / "mlruns")
@@ -43,7 +42,7 @@ def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, en
     pd.testing.assert_frame_equal(left[same], right[same])
     assert (right["tags.carried_from"].sort_index() == left["run_id"]).all()
     target_client = mlflow.MlflowClient(uri)
-    for run_id, source_id in zip(right["run_id"], left["run_id"]):
+    for run_id, source_id in zip(right["run_id"], left["run_id"], strict=True):
         history = [(m.step, m.value) for m in target_client.get_metric_history(run_id, "train_loss")]
         assert history and history == [(m.step, m.value) for m in client.get_metric_history(source_id, "train_loss")]
         names = {a.path for a in target_client.list_artifacts(run_id)}
@@ -62,7 +61,7 @@ def test_a_carried_sweep_reports_alike_and_resumes_without_training(tmp_path, en
     assert len(children_after[children_after["status"] == "FINISHED"]) == 2  # only the KILLED job trained again
 
 
-def test_carry_names_a_missing_sweep_or_file_in_one_line(tmp_path, empty_store):  # noqa: F811
+def test_carry_names_a_missing_sweep_or_file_in_one_line(tmp_path, empty_store):
     uri = copy_store(empty_store, tmp_path / "store")
     experiment = mlflow.MlflowClient(uri).create_experiment("aos_bench")
     job = mlflow.MlflowClient(uri).create_run(experiment).info.run_id  # a run with no sweep_key: not a sweep

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from omegaconf import DictConfig, OmegaConf
+from conftest import DATA, needs
+from images import forbid_decoding, intel_cfg, write_image_folder
+from omegaconf import OmegaConf
 from torchvision.io import write_png
 
-from conftest import DATA, needs
-
 from aos_bench import data
-from aos_bench.data import ImageData, UsageError, default_cache_dir, load_data
+from aos_bench.data import ImageData, default_cache_dir, load_data
+from aos_bench.errors import UsageError
 
 # torchvision 0.29 deprecates write_png/decode_image (used here to make and check PNGs) on every call.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -27,37 +28,12 @@ def class_counts(y: torch.Tensor) -> list[int]:
     return torch.bincount(y).tolist()
 
 
-def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make any image decoding fail, so a load must come from the cache."""
-
-    def no_decoding(*args) -> None:
-        raise AssertionError("decoded again despite a fresh cache")
-
-    monkeypatch.setattr(data, "_decode_images", no_decoding)
-
-
-def write_image_folder(root: Path, classes: list[str], per_class: int, height: int, width: int) -> None:
-    """Write per_class random PNGs per class under root/<class>/; the first class's first image is grey."""
-    generator = torch.Generator().manual_seed(0)
-    for name in classes:
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            channels = 1 if (name, i) == (classes[0], 0) else 3
-            image = torch.randint(0, 256, (channels, height, width), dtype=torch.uint8, generator=generator)
-            write_png(image, str(root / name / f"{i:03d}.png"))
-
-
 @pytest.fixture
 def toy_intel(tmp_path: Path) -> Path:
     """A data_dir holding a tiny Intel-style ImageFolder with non-square 12x20 images."""
     write_image_folder(tmp_path / "data" / "intel" / "seg_train", ["a", "b", "c"], 4, 12, 20)
     write_image_folder(tmp_path / "data" / "intel" / "seg_test", ["a", "b", "c"], 2, 12, 20)
     return tmp_path / "data"
-
-
-def intel_cfg(image_size: int = 8) -> DictConfig:
-    """Config of the intel dataset at the given size."""
-    return OmegaConf.create({"name": "intel", "image_size": image_size, "download": False})
 
 
 SYNTHETIC = {
@@ -359,7 +335,7 @@ def test_mnist_from_gzipped_idx_files_equals_mnist_from_plain_ones(tmp_path: Pat
 @pytest.mark.parametrize(
     ("content", "message"),
     [(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab", "is not an IDX file of unsigned bytes"),
-     (b"\x00\x00\x08\x01\x00\x00\x00\x03ab", "is 10 bytes unpacked, but its header's shape [3] needs 11")],  # fmt: skip
+     (b"\x00\x00\x08\x01\x00\x00\x00\x03ab", "is 10 bytes unpacked, but its header's shape [3] needs 11")],
 )
 def test_bad_gzipped_idx_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
     raw = tmp_path / "MNIST" / "raw"

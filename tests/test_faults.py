@@ -13,8 +13,8 @@ import mlflow
 import pytest
 import torch
 from conftest import ROOT, make_config
+from images import intel_cfg, write_image_folder
 from omegaconf import OmegaConf
-from test_data import intel_cfg, write_image_folder
 
 from aos_bench import data, job
 from aos_bench.errors import Diverged, UsageError
@@ -52,7 +52,7 @@ def start_and_stop(tmp_path: Path, signum: int, *args: str) -> tuple[subprocess.
     command = [sys.executable, "-m", "aos_bench", *args, f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multi"]
     # SIG_DFL for SIGINT in the child, so that Python turns Ctrl-C into KeyboardInterrupt even under a shell that ignores it
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not job_in(tmp_path / "mlruns" / "mlflow.db", "RUNNING"):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()

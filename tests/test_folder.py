@@ -10,20 +10,22 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, make_config
+from images import forbid_decoding
 from omegaconf import OmegaConf
 from PIL import Image
-from test_data import forbid_decoding
-from test_sweep import copy_store, empty_store, env, stored, sweep_cli  # noqa: F401 (empty_store and env: fixtures)
+from sweeps import copy_store, stored, sweep_cli
 from torchvision.io import decode_image, read_file, write_png
 
 from aos_bench import report
 from aos_bench.checks import validate
-from aos_bench.data import UsageError, load_data, normalisation
+from aos_bench.data import load_data, normalisation
+from aos_bench.errors import UsageError
 from aos_bench.imbalance import make_subset
 from aos_bench.job import prepare
 from aos_bench.methods import METHODS
 from aos_bench.report import figures, paper
-from aos_bench.report.runs import METHODS as PAPER_METHODS, per_seed, sweep_runs
+from aos_bench.report.runs import METHODS as PAPER_METHODS
+from aos_bench.report.runs import per_seed, sweep_runs
 from aos_bench.summary import data_lines, data_record
 from aos_bench.tracking import ensure_experiment
 
@@ -474,7 +476,7 @@ def folder_cli(tmp_path: Path, env: dict[str, str], root: Path, *args: str) -> s
 
 def test_a_run_prints_and_logs_its_classes_counts_minority_rule_and_test_source_before_training(tmp_path, env, empty_store):
     names = [f"{word}_photos" for word in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")]
-    write_classes(tmp_path / "mine", dict(zip(names, [10, 10, 10, 10, 10, 10, 10, 10, 4, 3])))
+    write_classes(tmp_path / "mine", dict(zip(names, [10, 10, 10, 10, 10, 10, 10, 10, 4, 3], strict=True)))
     copy_store(empty_store, tmp_path / "mlruns")
     result = folder_cli(tmp_path, env, tmp_path / "mine", "imbalance=none")
     assert result.returncode == 0, result.stderr[-3000:]

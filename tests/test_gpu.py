@@ -49,7 +49,7 @@ def test_one_bf16_training_step_of_each_method(dataset, method):
     assert stats.train_steps == 1
     assert dtypes and set(dtypes) == {torch.bfloat16}  # precision=auto: bf16 autocast on CUDA, the attack's forward too
     assert all(torch.isfinite(param).all() for param in model.parameters())
-    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters())) > len(before) // 2
+    assert sum(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)) > len(before) // 2
     assert (stats.examples is not None) == (method == "aos")
     if method == "aos":
         assert len(dtypes) == 2  # the attack's forward and the step's
@@ -64,7 +64,7 @@ def test_fgsm_on_cuda_leaves_parameter_gradients_and_batchnorm_buffers_as_they_w
     x, y = train.to_input(data.train_x[:64].to(CUDA)), data.train_y[:64].to(CUDA)
     with train.autocast(CUDA):
         attacked = fgsm(frozen(model), x, y, 0.1)
-    assert not torch.equal(attacked, x) and 0 <= attacked.min() and attacked.max() <= 1
+    assert not torch.equal(attacked, x) and attacked.min() >= 0 and attacked.max() <= 1
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), f"{name} changed"
     assert all((param.grad == 7.0).all() for param in model.parameters())
@@ -119,7 +119,7 @@ def test_a_stack_on_cuda_trains_each_model_as_its_separate_fit(dataset):
         models.append(new_model(cfg, data, CUDA))
         sets.append(train.training_set(x, y, get_method(name), cfg.method, subset.minority_classes, seed, cfg.train.epoch_size))
     together = fit_stack(models, sets, train.recipe_of(cfg))
-    for (name, _), one, joint in zip(jobs, alone, together):
+    for (name, _), one, joint in zip(jobs, alone, together, strict=True):
         assert joint.train_steps == one.train_steps == 8 and joint.class_counts == one.class_counts
         assert ((joint.losses[:4] - one.losses[:4]).abs() / one.losses[:4].abs()).max() < 1e-2, name
         assert (joint.examples is not None) == (name == "aos")

@@ -6,7 +6,8 @@ import torch
 from conftest import DATA, needs
 from omegaconf import OmegaConf
 
-from aos_bench.data import UsageError, load_data
+from aos_bench.data import load_data
+from aos_bench.errors import UsageError
 from aos_bench.imbalance import make_subset
 
 MNIST_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

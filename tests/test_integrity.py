@@ -29,7 +29,7 @@ def runs(subsets: list[str]) -> pd.DataFrame:
     """The report's run table for one row and seed, one method per entry of `subsets`."""
     methods = ["base", "ros", "aos"][: len(subsets)]
     return pd.DataFrame({"dataset": "mnist", "mu": 0.3, "rho": 500.0, "method": methods, "seed": 0, "threads": "2", "stacked": 1,
-                         "recipe": "paper", "subset": subsets})  # fmt: skip
+                         "recipe": "paper", "subset": subsets})
 
 
 def test_the_report_refuses_a_row_whose_methods_trained_on_different_subsets():

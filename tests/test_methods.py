@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_config
 from torch.func import functional_call
 
-from conftest import make_config
-
 from aos_bench.checks import validate as check_values
-from aos_bench.data import UsageError
+from aos_bench.errors import UsageError
 from aos_bench.methods import (
     METHODS,
     balanced_softmax,
@@ -167,7 +166,7 @@ def test_smote_images_lie_on_a_segment_between_two_images_of_their_class():
     assert torch.bincount(new_y).tolist() == [30, 30, 30]
     assert torch.equal(new_x[: len(x)], x) and torch.equal(new_y[: len(y)], y)  # the originals first, unchanged
     inside = []
-    for image, c in zip(new_x[len(x) :].float().flatten(1), new_y[len(y) :]):
+    for image, c in zip(new_x[len(x) :].float().flatten(1), new_y[len(y) :], strict=True):
         members = x[y == c].float().flatten(1)
         best = (math.inf, None)
         for i in range(len(members)):
@@ -194,12 +193,9 @@ COUNTS = [100, 10, 4]
 
 @pytest.mark.parametrize("beta", [None, 0.99])
 def test_reweighted_loss_equals_a_hand_computation(beta):
-    if beta is None:
-        raw = [1 / n for n in COUNTS]
-    else:
-        raw = [(1 - beta) / (1 - beta**n) for n in COUNTS]
+    raw = [1 / n for n in COUNTS] if beta is None else [(1 - beta) / (1 - beta**n) for n in COUNTS]
     w = [3 * v / sum(raw) for v in raw]
-    expected = sum(w[y] * hand_ce(row, y) for row, y in zip(LOGITS, LABELS)) / sum(w[y] for y in LABELS)
+    expected = sum(w[y] * hand_ce(row, y) for row, y in zip(LOGITS, LABELS, strict=True)) / sum(w[y] for y in LABELS)
     got = reweighted_ce(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), {"beta": beta}, 0.0)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     assert class_weights(torch.tensor(COUNTS), beta).tolist() == pytest.approx(w, rel=1e-5)
@@ -208,7 +204,7 @@ def test_reweighted_loss_equals_a_hand_computation(beta):
 @pytest.mark.parametrize("gamma", [0.0, 2.0])
 def test_focal_loss_equals_a_hand_computation(gamma):
     terms = []
-    for row, y in zip(LOGITS, LABELS):
+    for row, y in zip(LOGITS, LABELS, strict=True):
         p = math.exp(-hand_ce(row, y))
         terms.append(-((1 - p) ** gamma) * math.log(p))
     got = focal(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), {"gamma": gamma}, 0.0)
@@ -223,13 +219,13 @@ def test_ldam_margins_scale_as_n_to_the_minus_quarter():
 def test_ldam_drw_subtracts_the_true_class_margin_and_reweights_only_after_drw_start():
     cfg = {"max_m": 0.5, "s": 2.0, "beta": 0.99, "drw_start": 0.8}
     m = [0.5 * (4 / n) ** 0.25 for n in COUNTS]
-    shifted = [[cfg["s"] * (v - (m[y] if j == y else 0)) for j, v in enumerate(row)] for row, y in zip(LOGITS, LABELS)]
+    shifted = [[cfg["s"] * (v - (m[y] if j == y else 0)) for j, v in enumerate(row)] for row, y in zip(LOGITS, LABELS, strict=True)]
     args = (torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), cfg)
-    plain = sum(hand_ce(row, y) for row, y in zip(shifted, LABELS)) / len(LABELS)
+    plain = sum(hand_ce(row, y) for row, y in zip(shifted, LABELS, strict=True)) / len(LABELS)
     assert ldam_drw(*args, 0.79).item() == pytest.approx(plain, rel=1e-5)
     raw = [(1 - 0.99) / (1 - 0.99**n) for n in COUNTS]
     w = [3 * v / sum(raw) for v in raw]
-    weighted = sum(w[y] * hand_ce(row, y) for row, y in zip(shifted, LABELS)) / sum(w[y] for y in LABELS)
+    weighted = sum(w[y] * hand_ce(row, y) for row, y in zip(shifted, LABELS, strict=True)) / sum(w[y] for y in LABELS)
     assert ldam_drw(*args, 0.8).item() == pytest.approx(weighted, rel=1e-5)
 
 
@@ -237,8 +233,8 @@ def test_ldam_drw_subtracts_the_true_class_margin_and_reweights_only_after_drw_s
 def test_balanced_softmax_shifts_the_logits_by_the_log_priors(tau):
     # Ren et al.'s form: -log(n_y^tau e^z_y / sum_j n_j^tau e^z_j)
     expected = [
-        -math.log(COUNTS[y] ** tau * math.exp(row[y]) / sum(n**tau * math.exp(v) for n, v in zip(COUNTS, row)))
-        for row, y in zip(LOGITS, LABELS)
+        -math.log(COUNTS[y] ** tau * math.exp(row[y]) / sum(n**tau * math.exp(v) for n, v in zip(COUNTS, row, strict=True)))
+        for row, y in zip(LOGITS, LABELS, strict=True)
     ]
     got = balanced_softmax(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(COUNTS), {"tau": tau}, 0.0)
     assert got.item() == pytest.approx(sum(expected) / len(expected), rel=1e-5)

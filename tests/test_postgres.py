@@ -8,9 +8,8 @@ import mlflow
 import pytest
 import sqlalchemy
 from mlflow.server import get_app_client
-from test_auth import ADMIN, ALICE, PASSWORD, USER, signed_in
-from test_server import env, mlflow_server  # noqa: F401 (env: the subprocesses' environment fixture)
-from test_sweep import sweep_cli
+from servers import ADMIN, ALICE, PASSWORD, USER, mlflow_server, signed_in
+from sweeps import sweep_cli
 
 
 @pytest.fixture
@@ -27,7 +26,7 @@ def database(postgres: str) -> Iterator[str]:
 
 
 @pytest.mark.slow  # 48 to 58 s on a shared 2-core machine: the server's start (its migrations) and a 2-job sweep; .ci/run runs it
-def test_a_sweep_through_a_locked_server_keeps_its_runs_in_postgresql(tmp_path, env, database):  # noqa: F811
+def test_a_sweep_through_a_locked_server_keeps_its_runs_in_postgresql(tmp_path, env, database):
     secret = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[PASSWORD]}
     with mlflow_server(tmp_path / "server", env | secret, "--app-name", "basic-auth", backend=database) as url:
         with signed_in(env["HOME"], ADMIN):

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import probe_loss  # noqa: E402  (scripts/ is not a package)
+import probe_loss
 
 
 def test_probe_records_every_step_and_the_run_it_logged(tmp_path, monkeypatch, capsys):

@@ -31,7 +31,7 @@ def test_job_line_gives_the_count_the_run_its_f1_its_time_and_the_sweeps_eta():
 def test_a_run_without_the_bar_logs_one_line_per_epoch(tmp_path, caplog):
     cfg = make_config("dataset=synthetic", "train=smoke", "train.max_steps=null", "train.epochs=2", "method=base",  # 7 steps an epoch
                       "dataset.train_per_class=20", "imbalance.rho=10",
-                      "train.progress=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+                      "train.progress=false", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     with caplog.at_level(logging.INFO, logger="aos_bench.train"):
         job.run(cfg)
     lines = [r.getMessage() for r in caplog.records if r.name == "aos_bench.train"]

@@ -138,7 +138,7 @@ def log_classes(client: mlflow.MlflowClient, run: str, line: pd.Series) -> None:
     classes = CLASSES[line["dataset"]]
     minority = list(range(round(float(line["mu"]) * len(classes))))
     f1s = [float(line["f1"]) + i - 20 * (i in minority) for i in range(len(classes))]
-    text = "".join(f"{name},0.5,0.5,{f1:.4f},100\n" for name, f1 in zip(classes, f1s))
+    text = "".join(f"{name},0.5,0.5,{f1:.4f},100\n" for name, f1 in zip(classes, f1s, strict=True))
     client.log_text(run, "class,precision,recall,f1,support\n" + text, "per_class.csv")
     client.log_dict(run, {"classes": classes, "minority_classes": minority}, "class_counts.json")
 

@@ -82,7 +82,7 @@ def test_a_sweep_given_a_preset_outside_its_folder_stops_at_the_door(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "aos_bench", "-m", "experiment=smoke", "preset=../../escaped", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     assert result.returncode == USAGE_EXIT, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith("aos_bench: preset=../../escaped: a plain name")
     assert not (tmp_path / "mlruns").exists() and not list(tmp_path.parent.parent.glob("escaped*"))

@@ -1,90 +1,23 @@
 """Many machines: a sweep against a real `mlflow server` (REST API and artifact proxy), and a fast stop when it is down."""
 
-import contextlib
 import http.server
-import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import ROOT
-from test_sweep import sweep_cli
+from servers import free_port, run_files
+from sweeps import sweep_cli
 
 from aos_bench import report
 from aos_bench.store import DOWN, REFUSED, server_problem
 
-SERVER_START = 120  # seconds `mlflow server` gets to answer (7 s on a quiet 2-core machine)
 JOB_FILES = {"config.yaml", "class_counts.json", "per_class.csv", "confusion_matrix.png"}  # every job's artifacts
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A bare environment for the subprocesses, importing aos_bench from this checkout (as an editable install does)."""
-    home = tmp_path_factory.mktemp("home")
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"), "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT)}  # fmt: skip
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 where nothing listens (the OS's pick, released again)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    """Whether the server at url answers its /health page (which basic auth leaves open)."""
-    try:
-        urllib.request.urlopen(f"{url}/health", timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def mlflow_server(folder: Path, env: dict[str, str], *options: str, backend: str | None = None) -> Iterator[str]:
-    """`mlflow server [options]` on 127.0.0.1 at a free port, its artifacts under folder and its runs in `backend` (a
-    database URI), else in an SQLite file there; its URL."""
-    port = free_port()
-    folder.mkdir()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend or f"sqlite:///{folder}/mlflow.db",
-               "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1", *options]  # fmt: skip
-    with open(folder / "server.log", "w") as log:
-        # its own process group: the server runs uvicorn in a child process, and both must stop; no GenAI job runner
-        process = subprocess.Popen(command, cwd=folder, env=env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START
-        while not healthy(url):
-            assert process.poll() is None and time.monotonic() < deadline, (folder / "server.log").read_text()
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-@pytest.fixture
-def server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
-    """An open `mlflow server` (no authentication) for one test, its files under tmp_path/server; its URL."""
-    with mlflow_server(tmp_path / "server", env) as url:
-        yield url
-
-
-def run_files(client: mlflow.MlflowClient, run_id: str, folder: Path) -> dict[str, bytes]:
-    """Every artifact of a run, downloaded through the client into folder: {relative path: content}."""
-    root = Path(client.download_artifacts(run_id, "", str(folder)))
-    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
 
 
 def stored_files(artifacts: Path, run: mlflow.entities.Run) -> dict[str, bytes]:
@@ -110,7 +43,7 @@ def test_parallel_sweep_against_a_tracking_server_loses_nothing_and_resumes(tmp_
     assert len(children) == 4 and {run.info.status for run in children} == {"FINISHED"}
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
     assert sorted((run.data.params["method.name"], run.data.params["seed"]) for run in children) == [
-        ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]  # fmt: skip
+        ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]
     assert all(set(run.data.metrics) >= {"test_f1_macro", "train_steps", "train_loss"} for run in children)
 
     # every artifact went through the server's proxy and comes back whole through the client
@@ -139,7 +72,7 @@ def test_parallel_sweep_against_a_tracking_server_loses_nothing_and_resumes(tmp_
     assert result.stdout.count("skipped: this sweep already has a FINISHED run") == 4
     again = client.search_runs([experiment.experiment_id])
     assert sorted((run.info.run_id, run.info.status) for run in again) == sorted(
-        (run.info.run_id, "FINISHED") for run in runs)  # fmt: skip
+        (run.info.run_id, "FINISHED") for run in runs)
 
 
 @pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], ["dataset=synthetic", "train=smoke"]], ids=["sweep", "run"])
@@ -158,14 +91,14 @@ def test_unreachable_server_stops_before_any_job_with_one_line(tmp_path, env, mo
 
 
 @pytest.mark.parametrize("mode", [["-m", "experiment=smoke"], pytest.param(["dataset=synthetic", "train=smoke"], marks=pytest.mark.slow)],
-                         ids=["sweep", "run"])  # fmt: skip  (a single run meets the same check: require_server)
+                         ids=["sweep", "run"])  # a single run meets the same check: require_server
 def test_a_scheme_mlflow_cannot_store_runs_at_stops_before_any_job_with_one_line(tmp_path, env, mode):
     command = [sys.executable, "-m", "aos_bench", *mode, "tracking.uri=ftp://host/runs", f"hydra.sweep.dir={tmp_path}/multirun"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith("aos_bench: tracking.uri=ftp://host/runs names a scheme (ftp) MLflow has no tracking store for; "
-                           "allowed: a path, or one of ")  # fmt: skip
+                           "allowed: a path, or one of ")
     assert {"sqlite://", "http://", "https://", "file://"} <= set(line.split("one of ")[1].split(", "))  # MLflow's own list
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "multirun").exists()
 
@@ -181,7 +114,7 @@ def test_report_stops_at_an_unreachable_server(capsys):
 class Replies(http.server.BaseHTTPRequestHandler):
     """Answers every GET with the status and body that the request path names: /<status>/<body>/..."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         _, status, body = self.path.split("/", 3)[:3]
         self.send_response(int(status))
         self.end_headers()

@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 import pytest
 from conftest import ROOT
-from test_data import write_image_folder
+from images import write_image_folder
 
 pytestmark = [
     pytest.mark.slurm,
@@ -23,7 +23,7 @@ pytestmark = [
 ]
 
 SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=2"]  # fmt: skip
+         "hydra.launcher.mem_gb=2"]
 # a job that trains long enough to be cancelled mid-run: 80 epochs of 63 steps, about 7 s on a quiet CPU core
 LONG = ["dataset=synthetic", "train=smoke", "method=base", "train.max_steps=null", "train.epochs=80"]
 
@@ -34,7 +34,7 @@ def env(slurm_cluster: dict[str, str], tmp_path: Path) -> dict[str, str]:
     the cluster's SLURM_CONF, one torch thread per job; no AOS_DATA_DIR or MLFLOW_TRACKING_URI."""
     home = tmp_path / "home"
     return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"),
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **slurm_cluster}  # fmt: skip
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **slurm_cluster}
 
 
 def command(tmp_path: Path, *args: str) -> list[str]:
@@ -69,8 +69,8 @@ def test_four_job_sweep_nests_every_run_under_one_parent_and_writes_the_report(t
     assert parents["status"].tolist() == ["FINISHED"]
     assert len(children) == 4 and (children["status"] == "FINISHED").all()
     assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
-    assert sorted(zip(children["params.method.name"], children["params.seed"])) == [
-        ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]  # fmt: skip
+    assert sorted(zip(children["params.method.name"], children["params.seed"], strict=True)) == [
+        ("aos", "0"), ("aos", "1"), ("base", "0"), ("base", "1")]
     assert len(list((tmp_path / "multirun" / ".submitit").glob("*_[0-3]/*_result.pkl"))) == 4  # four SLURM array tasks
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parents["run_id"].iloc[0], "report")}
     assert artifacts == {"report/smoke.md", "report/smoke.csv", "report/smoke.png", "report/smoke_runs.csv"}
@@ -131,7 +131,7 @@ def test_jobs_find_the_data_through_data_dir_and_the_store_through_tracking_uri(
     write_image_folder(tmp_path / "images" / "intel" / "seg_train", classes, 8, 24, 24)
     write_image_folder(tmp_path / "images" / "intel" / "seg_test", classes, 4, 24, 24)
     args = ["dataset=intel", "dataset.image_size=16", "imbalance=none", "method=base", "train=smoke", "seed=0",
-            "data_dir=images", f"cache_dir={tmp_path}/cache"]  # fmt: skip
+            "data_dir=images", f"cache_dir={tmp_path}/cache"]
     result = sweep(tmp_path, env, *args)  # data_dir relative to where the command starts, as on a login node
     assert result.returncode == 0, result.stderr
     parents, children = stored()

@@ -13,8 +13,8 @@ from conftest import ROOT, fit_config, make_config
 from aos_bench import train, train_stacked
 from aos_bench.checks import stack_problem
 from aos_bench.data import load_data
-from aos_bench.imbalance import make_subset
 from aos_bench.errors import UsageError
+from aos_bench.imbalance import make_subset
 from aos_bench.methods import Method, Perturb, adversarial_minority, get_method, keep_all, minority_draw, random_oversample
 from aos_bench.models import build_model
 from aos_bench.report.stats import noise
@@ -44,7 +44,7 @@ def job_inputs(name: str, seed: int, extra: tuple, threads: int = 1) -> tuple:
 
 def stacked(jobs: list[tuple], methods: list[Method]) -> tuple[list[train.RunStats], list]:
     """fit_stack() over `jobs` (job_inputs tuples) with `methods`; each model's statistics, and the models."""
-    sets = [train.training_set(x, y, m, cfg.method, minority, cfg.seed, cfg.train.epoch_size) for (cfg, _, x, y, minority), m in zip(jobs, methods)]
+    sets = [train.training_set(x, y, m, cfg.method, minority, cfg.seed, cfg.train.epoch_size) for (cfg, _, x, y, minority), m in zip(jobs, methods, strict=True)]
     models = [job[1] for job in jobs]
     return train_stacked.fit_stack(models, sets, train.recipe_of(jobs[0][0])), models
 
@@ -56,7 +56,7 @@ def test_a_stack_trains_each_model_as_its_separate_job_up_to_float_order():
         separate.append(fit_config(model, cfg, x, y, minority, seed))
         inputs.append(job_inputs(name, seed, extra))
     together, _ = stacked(inputs, [get_method(name) for name, _, _ in JOBS])
-    for (name, seed, _), alone, joint in zip(JOBS, separate, together):
+    for (name, seed, _), alone, joint in zip(JOBS, separate, together, strict=True):
         assert joint.train_steps == alone.train_steps == 40
         assert joint.class_counts == alone.class_counts  # the same resampled set
         first = alone.losses[:10]
@@ -73,16 +73,16 @@ def test_each_model_of_a_stack_is_clipped_as_clip_grad_norm_clips_it_alone():
     grads = [torch.randn(3, 4, 5), torch.randn(3, 7)]
     grads[0][1] *= 1e-3  # model 1: under the norm, left alone
     params = [g.clone().requires_grad_(True) for g in grads]
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     clipped = train_stacked.clip_each(params, 1.0)
     for m in range(3):
         alone = [g[m].clone().requires_grad_(True) for g in grads]
-        for p, g in zip(alone, grads):
+        for p, g in zip(alone, grads, strict=True):
             p.grad = g[m].clone()
         norm = torch.nn.utils.clip_grad_norm_(alone, 1.0)
         assert bool(clipped[m]) == bool(norm > 1.0)
-        for p, a in zip(params, alone):
+        for p, a in zip(params, alone, strict=True):
             assert torch.allclose(p.grad[m], a.grad, rtol=1e-6)
 
 

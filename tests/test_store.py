@@ -9,8 +9,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from test_server import free_port
-from test_sweep import TINY, env  # noqa: F401 (env: the subprocesses' environment fixture)
+from servers import free_port
+from sweeps import TINY
 
 from aos_bench import sweep
 from aos_bench.store import creation_lock
@@ -18,7 +18,7 @@ from aos_bench.store import creation_lock
 SWEEPS = 8  # sweeps started at once on one fresh store: each lost its parent run, or all failed, before the creation lock
 
 
-def launch(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:  # noqa: F811
+def launch(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
     """`python -m aos_bench ARGS` started (not awaited) in folder, its output in folder/out and folder/err."""
     folder.mkdir(parents=True)
     command = [sys.executable, "-m", "aos_bench", *args]
@@ -27,11 +27,11 @@ def launch(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:  
 
 
 @pytest.mark.slow  # 96-121 s on a shared 2-core machine (eight processes import torch at once); .ci/run runs it
-def test_sweeps_started_together_on_a_fresh_store_each_keep_their_parent_and_jobs(tmp_path, env):  # noqa: F811
+def test_sweeps_started_together_on_a_fresh_store_each_keep_their_parent_and_jobs(tmp_path, env):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"  # no file yet: every sweep finds it missing
     processes = [
         launch(tmp_path / f"sweep{seed}", env, "-m", *TINY, "method=base", f"seed={seed}", f"tracking.uri={uri}",
-               f"hydra.sweep.dir={tmp_path}/sweep{seed}/multirun")  # fmt: skip
+               f"hydra.sweep.dir={tmp_path}/sweep{seed}/multirun")
         for seed in range(SWEEPS)
     ]
     codes = [process.wait(timeout=600) for process in processes]
@@ -52,7 +52,7 @@ def test_sweeps_started_together_on_a_fresh_store_each_keep_their_parent_and_job
     assert sorted(child.data.params["seed"] for child in children) == [str(seed) for seed in range(SWEEPS)]
 
 
-def test_the_creation_lock_keeps_out_a_second_process_and_its_wait_is_bounded(tmp_path, env):  # noqa: F811
+def test_the_creation_lock_keeps_out_a_second_process_and_its_wait_is_bounded(tmp_path, env):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     waits = f"from aos_bench.store import creation_lock\nwith creation_lock('{uri}', wait=1.0):\n    print('entered')"
     with creation_lock(uri):
@@ -61,7 +61,7 @@ def test_the_creation_lock_keeps_out_a_second_process_and_its_wait_is_bounded(tm
         seconds = time.monotonic() - start
     assert held.returncode == 2 and held.stdout == "", held.stderr
     assert held.stderr.splitlines() == [f"aos_bench: tracking store {uri}: another process has been creating it for over 1 s "
-                                        f"({tmp_path}/store/mlflow.db.lock); is one stuck?"]  # fmt: skip
+                                        f"({tmp_path}/store/mlflow.db.lock); is one stuck?"]
     assert 1.0 <= seconds < 30
     free = subprocess.run([sys.executable, "-c", waits], env=env, capture_output=True, text=True, timeout=60)
     assert (free.returncode, free.stdout) == (0, "entered\n"), free.stderr
@@ -72,8 +72,8 @@ def test_the_creation_lock_keeps_out_a_second_process_and_its_wait_is_bounded(tm
     [(["-m", *TINY, "method=base", "seed=0"], "create the sweep's parent run"),
      (["dataset=synthetic", "train=smoke", "train.max_steps=1"], "open the store and start this job's run")],
     ids=["sweep", "run"],
-)  # fmt: skip
-def test_a_store_that_fails_stops_the_command_in_one_line_and_keeps_the_file(tmp_path, env, mode, what):  # noqa: F811
+)
+def test_a_store_that_fails_stops_the_command_in_one_line_and_keeps_the_file(tmp_path, env, mode, what):
     store = tmp_path / "store" / "mlflow.db"
     store.parent.mkdir()
     store.write_bytes(hashlib.sha256(b"not an SQLite file").digest() * 128)  # 4 KiB that SQLite cannot read
@@ -88,10 +88,10 @@ def test_a_store_that_fails_stops_the_command_in_one_line_and_keeps_the_file(tmp
     assert "Traceback" not in result.stdout and store.read_bytes() == before, "the store's file is left as it was"
 
 
-def test_the_server_check_imports_neither_mlflow_nor_torch_nor_pandas(env):  # noqa: F811
+def test_the_server_check_imports_neither_mlflow_nor_torch_nor_pandas(env):
     probe = ("import sys\nfrom aos_bench.store import server_problem\n"
              f"print(server_problem('http://127.0.0.1:{free_port()}'))\n"
-             "print(sorted(name for name in ('mlflow', 'torch', 'torchvision', 'pandas') if name in sys.modules))")  # fmt: skip
+             "print(sorted(name for name in ('mlflow', 'torch', 'torchvision', 'pandas') if name in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.splitlines() == ["does not answer (connection refused); start the server or fix the address", "[]"], result.stderr
 
@@ -108,11 +108,11 @@ with mlflow.start_run(experiment_id=ensure_experiment(uri, "aos_bench")):
 """
 
 
-def test_single_jobs_opening_a_fresh_store_at_the_same_instant_each_keep_their_run(tmp_path, env):  # noqa: F811
+def test_single_jobs_opening_a_fresh_store_at_the_same_instant_each_keep_their_run(tmp_path, env):
     uri, jobs = f"sqlite:///{tmp_path}/store/mlflow.db", 4
     start_at = time.time() + 10  # seconds: past the 4 processes' MLflow imports (2-3 s each) on 2 busy cores
     processes = [subprocess.Popen([sys.executable, "-c", ONE_JOB, uri, str(start_at), str(job)], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for job in range(jobs)]  # fmt: skip
+                                  stderr=subprocess.STDOUT, text=True) for job in range(jobs)]
     outputs = [process.communicate(timeout=300)[0] for process in processes]
     assert [process.returncode for process in processes] == [0] * jobs, outputs
     assert time.time() > start_at, "every process waited for the same instant"

@@ -47,7 +47,7 @@ def fake_sweep(uri: str, preset: str, children: list[dict]) -> str:
 def test_methods_report_ranks_each_row_and_tests_every_method_against_aos(tmp_path, store):
     offsets = {"base": -10.0, "aos": 0.0, "focal": 5.0}  # F1 = 80 + offset + seed
     rows = [{"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.3},
-            {"dataset.name": "cifar10", "imbalance.kind": "exp", "imbalance.rho": 100}]  # fmt: skip
+            {"dataset.name": "cifar10", "imbalance.kind": "exp", "imbalance.rho": 100}]
     children = [
         {**row, "method.name": method, "seed": seed, "f1": 80 + offset + seed - 40 * (row["dataset.name"] == "cifar10"),
          "f1_minority": 50 - offset + seed}  # the minority classes rank the methods the other way round
@@ -85,7 +85,7 @@ def test_sensitivity_report_is_a_heatmap_with_the_papers_eps_marked(tmp_path, st
         for eps in (0.05, 0.1, 0.2)
         for p in (0.5, 1.0)
         for seed in (0, 1)
-    ]  # fmt: skip
+    ]
     diverged = {**children[-1], "seed": 2, "f1": None, "error": "Diverged: the training loss is nan at step 7"}
     sweep = fake_sweep(store, "aos_sensitivity", [*children, diverged])
     paths = report.write_report(store, "aos_bench", sweep, tmp_path / "results")
@@ -107,7 +107,7 @@ def test_every_method_finishes_a_smoke_sweep_and_the_methods_report(tmp_path):
     env["PYTHONPATH"] = str(ROOT)  # this checkout's package and conf/, whichever copy is installed
     # ++method.*: multi-step targeted AOS; the other methods ignore the two keys
     args = ["experiment=smoke", "preset=methods", "imbalance.mu=0.3", f"method={','.join(METHODS)}", "seed=0,1",
-            "train.max_steps=2", "++method.steps=2", "++method.targeted=true", f"hydra.sweep.dir={tmp_path}/multirun"]  # fmt: skip
+            "train.max_steps=2", "++method.steps=2", "++method.targeted=true", f"hydra.sweep.dir={tmp_path}/multirun"]
     result = subprocess.run(
         [sys.executable, "-m", "aos_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
@@ -140,7 +140,7 @@ def test_the_cifar10_lt_preset_finishes_a_smoke_sweep_with_its_schedule_and_repo
 def test_a_later_sweep_that_reruns_one_methods_cells_replaces_them_and_the_page_says_so(tmp_path, store):
     row = {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.9}
     first = fake_sweep(store, "methods", [{**row, "method.name": m, "seed": s, "f1": f1 + s}
-                                          for m, f1 in (("aos", 84.0), ("reweight", 1.0)) for s in range(3)])  # fmt: skip
+                                          for m, f1 in (("aos", 84.0), ("reweight", 1.0)) for s in range(3)])
     rerun = fake_sweep(store, "methods", [{**row, "method.name": "reweight", "method.lr_scale": 0.2, "seed": s, "f1": 79.0 + s} for s in range(3)])
     paths = report.write_report(store, "aos_bench", f"{first},{rerun}", tmp_path)
     page, table = paths[0].read_text(), pd.read_csv(paths[1]).set_index("method")
@@ -187,7 +187,7 @@ def test_trimmed_runs_are_marked_and_get_no_rank_or_p_value_in_any_study_layout(
         return fake_sweep(store, "methods", [
             {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.3, "method.name": method, "seed": seed,
              "f1": f1 + seed, "f1_minority": f1 - seed, "train.max_steps": cap}
-            for method, f1 in (("base", 40.0), ("aos", 47.0)) for seed in range(3)])  # fmt: skip
+            for method, f1 in (("base", 40.0), ("aos", 47.0)) for seed in range(3)])
 
     full = report.write_report(store, "aos_bench", methods(1000), tmp_path / "full")[0].read_text()
     assert "TRIMMED" not in full and "| mean rank |" in full and "p=0.250" in full
@@ -211,14 +211,14 @@ def test_trimmed_runs_are_marked_and_get_no_rank_or_p_value_in_any_study_layout(
     grid = fake_sweep(store, "aos_sensitivity", [
         {"dataset.name": "mnist", "imbalance.kind": "step", "imbalance.mu": 0.9, "method.name": "aos", "method.eps": eps,
          "method.p": 1.0, "seed": seed, "f1": 50 + 100 * eps + seed, "train.max_steps": 100}
-        for eps in (0.05, 0.1) for seed in (0, 1)])  # fmt: skip
+        for eps in (0.05, 0.1) for seed in (0, 1)])
     page = report.write_report(store, "aos_bench", grid, tmp_path / "grid")[0].read_text()
     assert "**TRIMMED: 4 of 4 runs" in page and "Best cell" not in page and "No best cell: trimmed runs." in page
 
     lt = fake_sweep(store, "cifar10_lt", [
         {"dataset.name": "cifar10", "imbalance.kind": "exp", "imbalance.rho": 100, "method.name": method, "seed": seed,
          "f1": 50.0, "accuracy": top1 + seed, "train.max_steps": 100}
-        for method, top1 in (("base", 70.0), ("ldam_drw", 77.0)) for seed in range(3)])  # fmt: skip
+        for method, top1 in (("base", 70.0), ("ldam_drw", 77.0)) for seed in range(3)])
     page = report.write_report(store, "aos_bench", lt, tmp_path / "lt")[0].read_text()
     assert "**TRIMMED: 6 of 6 runs" in page and "- not judged: trimmed runs" in page and "- none: trimmed runs are not ranked" in page
     assert "held" not in page and "ours LDAM-DRW > BASE" not in page

@@ -1,10 +1,6 @@
 """Sweeps: the presets, one MLflow parent run per sweep, resume, parallel launchers and the report."""
 
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -13,52 +9,12 @@ import pytest
 from conftest import ROOT, make_config
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from sweeps import TINY, copy_store, stored, sweep_cli
 
 from aos_bench import report, sweep
 from aos_bench.report import figures, paper
 from aos_bench.report.runs import METHODS, RECIPE_KEYS, sweep_runs
 from aos_bench.tracking import ensure_experiment, flat_params
-
-# the smoke preset shrunk to one row, one optimizer step per job and no report at its end
-TINY = ["experiment=smoke", "imbalance.mu=0.3", "train.max_steps=1", "hydra.callbacks.sweep.report=false"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A bare environment for the subprocesses: one shared matplotlib font cache (not one built per test), and one
-    torch thread per process, as these tiny models gain nothing from more and parallel jobs would oversubscribe."""
-    home = tmp_path_factory.mktemp("home")
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home / "matplotlib"), "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT)}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An SQLite file with MLflow's tables and no experiment: creating them takes seconds, so tests copy this one."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-def copy_store(empty_store: Path, folder: Path) -> str:
-    """A copy of empty_store at folder/mlflow.db; returns its tracking URI."""
-    folder.mkdir(exist_ok=True)
-    shutil.copy(empty_store, folder / "mlflow.db")
-    return f"sqlite:///{folder}/mlflow.db"
-
-
-def sweep_cli(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """`python -m aos_bench -m ARGS` started in tmp_path: store tmp_path/mlruns, sweep dir tmp_path/multirun."""
-    command = [sys.executable, "-m", "aos_bench", "-m", *args, f"hydra.sweep.dir={tmp_path}/multirun"]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-
-
-def stored(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(parent runs, child runs) of the store under tmp_path."""
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    table = mlflow.search_runs(experiment_names=["aos_bench"])
-    is_parent = table["tags.sweep_key"].notna()
-    return table[is_parent], table[~is_parent]
 
 
 def test_smoke_preset_end_to_end(tmp_path, env, empty_store, monkeypatch):
@@ -120,7 +76,7 @@ def test_report_reads_one_sweep_back_and_compares_it_with_the_paper(tmp_path, em
     client.set_terminated(other, "FINISHED")
     ours = client.create_run(experiment_id, tags={"sweep_key": "a", "preset": "table2"}).info.run_id
     values = {("base", 0.3): [80, 82, 84], ("ros", 0.3): [85, 86, 87], ("aos", 0.3): [90, 92, 91],
-              ("base", 0.9): [70, 71, 72], ("ros", 0.9): [75, 74, 76], ("aos", 0.9): [80, 81]}  # fmt: skip
+              ("base", 0.9): [70, 71, 72], ("ros", 0.9): [75, 74, 76], ("aos", 0.9): [80, 81]}
     for (method, mu), f1s in values.items():
         for seed, f1 in enumerate(f1s):
             log_child(ours, method, mu, seed, f1, steps=120 if (method, mu) == ("ros", 0.9) else 100)

@@ -17,7 +17,7 @@ from aos_bench.models import build_model
 from aos_bench.runtime import cpu_kind
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import bench  # noqa: E402  (scripts/ is not a package)
+import bench
 
 
 def image_keys(images: torch.Tensor) -> list[bytes]:
@@ -85,8 +85,8 @@ def synthetic_aos(seed: int, device: str = "cpu") -> list[dict]:
 def test_aos_picks_the_same_images_for_a_seed():
     first, second, other = ([s["clean"] for s in synthetic_aos(seed)] for seed in (0, 0, 1))
     assert len(first) == len(second) == 6 and sum(len(p) for p in first) > 0
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
-    assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_clip_norm_caps_the_step_and_the_run_counts_clipped_steps():
@@ -101,7 +101,7 @@ def test_clip_norm_caps_the_step_and_the_run_counts_clipped_steps():
         model = build_model(cfg.model, x.shape[1:], 4, cfg.dataset.mean, cfg.dataset.std)
         before = torch.cat([param.detach().flatten().clone() for param in model.parameters()])
         epochs = []
-        fit_config(model, cfg, x, y, [0], 0, on_epoch=lambda epoch, values: epochs.append(values))
+        fit_config(model, cfg, x, y, [0], 0, on_epoch=lambda epoch, values, epochs=epochs: epochs.append(values))
         moved[clip] = (torch.cat([param.detach().flatten() for param in model.parameters()]) - before).norm().item()
         assert ("clipped_steps" in epochs[0]) == (clip is not None)
     assert moved[None] > 0.05 and moved[0.01] == pytest.approx(0.01, rel=1e-4)
@@ -225,7 +225,7 @@ def test_a_run_stopped_after_an_epoch_resumes_from_its_checkpoint_to_the_same_pa
     cfg, checkpoint = make_config(*RESUMED), tmp_path / "job.pt"
     twin, twin_stats = allcnn_fit(cfg, 0, checkpoint=tmp_path / "twin.pt")  # saving changes nothing: a run that never stops
     plain, plain_stats = allcnn_fit(cfg, 0)
-    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), plain.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(twin.parameters(), plain.parameters(), strict=True))
     assert torch.equal(twin_stats.losses, plain_stats.losses) and twin_stats.epochs == plain_stats.epochs
     assert not (tmp_path / "twin.pt").exists() and len(twin_stats.epochs) == 3
     with pytest.raises(Stop):
@@ -234,10 +234,10 @@ def test_a_run_stopped_after_an_epoch_resumes_from_its_checkpoint_to_the_same_pa
     logged = []
     resumed, stats = allcnn_fit(cfg, 1, checkpoint=checkpoint, on_epoch=lambda epoch, values: logged.append(epoch))  # any initial model
     assert logged == [1, 2] and stats.resumed_epochs == 1 and not checkpoint.exists()
-    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), twin.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), twin.parameters(), strict=True))
     assert torch.equal(stats.losses, twin_stats.losses) and stats.epochs == twin_stats.epochs
     assert stats.train_steps == twin_stats.train_steps and stats.class_counts == twin_stats.class_counts
-    assert all(torch.equal(a, b) for a, b in zip(stats.examples, twin_stats.examples))
+    assert all(torch.equal(a, b) for a, b in zip(stats.examples, twin_stats.examples, strict=True))
 
 
 def test_a_checkpoint_of_another_schedule_is_refused_in_one_line(tmp_path):
@@ -296,8 +296,6 @@ def test_flip_shift_is_torchvisions_pad_crop_and_flip_on_the_same_draws(pad):
     for i in range(len(x)):
         dy, dx = int(shift[0, i]), int(shift[1, i])
         padded = TF.pad(x[i], [3], padding_mode="reflect" if pad == "reflect" else "constant")
-        if mirror[i]:  # a mirrored image: the crop of the mirrored padded image at dx, that is the mirror of the crop at 2 * 3 - dx
-            expected = TF.horizontal_flip(TF.crop(padded, dy, 6 - dx, 8, 8))
-        else:
-            expected = TF.crop(padded, dy, dx, 8, 8)
+        # a mirrored image: the crop of the mirrored padded image at dx, that is the mirror of the crop at 2 * 3 - dx
+        expected = TF.horizontal_flip(TF.crop(padded, dy, 6 - dx, 8, 8)) if mirror[i] else TF.crop(padded, dy, dx, 8, 8)
         assert torch.equal(ours[i], expected), i

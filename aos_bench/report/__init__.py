@@ -19,18 +19,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display: once here, before any floor below imports pyplot
-import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
+import mlflow
+import pandas as pd
 
-from aos_bench.errors import UsageError, reject  # noqa: E402
-from aos_bench.paths import report_files  # noqa: E402
-from aos_bench.report.lt import write_lt  # noqa: E402
-from aos_bench.report.markdown import trimmed_note  # noqa: E402
-from aos_bench.report.paper import write_paper  # noqa: E402
-from aos_bench.report.runs import find_sweep, one_recipe, sweep_runs  # noqa: E402
-from aos_bench.report.studies import write_methods, write_sensitivity  # noqa: E402
-from aos_bench.store import tracking_uri  # noqa: E402
-from aos_bench.tracking import require_server  # noqa: E402
+from aos_bench.errors import UsageError, reject
+from aos_bench.paths import report_files
+from aos_bench.report.lt import write_lt
+from aos_bench.report.markdown import trimmed_note
+from aos_bench.report.paper import write_paper
+from aos_bench.report.runs import find_sweep, one_recipe, sweep_runs
+from aos_bench.report.studies import write_methods, write_sensitivity
+from aos_bench.store import tracking_uri
+from aos_bench.tracking import require_server
 
 LAYOUTS: dict[str, Callable[..., list[Path]]] = {  # the studies beyond the paper's tables; any other preset: write_paper
     "methods": write_methods,

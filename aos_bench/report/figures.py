@@ -37,7 +37,7 @@ def per_class(runs: pd.DataFrame, row: tuple) -> tuple[pd.DataFrame, list[str], 
     One seed, not a mean over seeds: with `imbalance.minority=random` each seed picks other minority classes,
     so a per-class mean would blur exactly what the plot is for.
     """
-    cell = runs.merge(pd.DataFrame([dict(zip(ROW, row))]), on=ROW)
+    cell = runs.merge(pd.DataFrame([dict(zip(ROW, row, strict=True))]), on=ROW)
     methods = [m for m in METHODS if m in set(cell["method"])]
     seed = min(set.intersection(*(set(cell.loc[cell["method"] == m, "seed"]) for m in methods)))
     frames = []
@@ -63,8 +63,8 @@ def figure(
         cell = by_cell.reindex([(*row, method) for row in rows])
         x = np.arange(len(rows)) + (i - 1) * width
         left.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=3, label=NAMES[method])
-        for position, row in zip(x, rows):
-            seeds = runs.merge(pd.DataFrame([dict(zip(ROW, row), method=method)]), on=[*ROW, "method"])["f1"]
+        for position, row in zip(x, rows, strict=True):
+            seeds = runs.merge(pd.DataFrame([dict(zip(ROW, row, strict=True), method=method)]), on=[*ROW, "method"])["f1"]
             left.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=4, label=None)
         if table["paper"].notna().any():
             left.plot(x, cell["paper"], **PAPER_MARK, label="paper" if i == 0 else None)
@@ -89,5 +89,5 @@ def mark_trimmed(fig: plt.Figure, runs: pd.DataFrame) -> plt.Figure:
         for axis in (axis for axis in fig.axes if axis.get_label() != "<colorbar>"):
             inches = axis.get_position().width * fig.get_figwidth()  # the plot's width
             axis.text(0.5, 0.5, f"TRIMMED\n{steps} steps/run:\nnot a result", transform=axis.transAxes, ha="center", va="center",
-                      rotation=20, fontsize=min(20, max(8, 2.5 * inches)), color="red", alpha=0.45, fontweight="bold", zorder=10)  # fmt: skip
+                      rotation=20, fontsize=min(20, max(8, 2.5 * inches)), color="red", alpha=0.45, fontweight="bold", zorder=10)
     return fig

@@ -105,7 +105,7 @@ def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], r
         cell = by_cell.reindex([(rho, method) for rho in rhos])
         x = np.arange(len(rhos)) + (i - (len(methods) - 1) / 2) * width
         axis.bar(x, cell["top1"], width, yerr=cell["top1_std"].fillna(0), capsize=2, label=NAMES.get(method, method))
-        for position, rho in zip(x, rhos):
+        for position, rho in zip(x, rhos, strict=True):
             seeds = runs[(runs["rho"] == rho) & (runs["method"] == method)]["accuracy"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
         if cell["published"].notna().any():  # the legend names the marker once, and only where one is drawn

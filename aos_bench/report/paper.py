@@ -22,7 +22,7 @@ def paper_values() -> pd.DataFrame:
         (dataset, mu, rho, method, value, spec["eps"], table)
         for table, spec in PAPER.items()
         for dataset, mu, rho, *values in spec["rows"]
-        for method, value in zip(METHODS, values)
+        for method, value in zip(METHODS, values, strict=True)
     ]
     return pd.DataFrame(lines, columns=[*ROW, "method", "paper", "paper_eps", "paper_table"])
 
@@ -64,7 +64,7 @@ def notes(table: pd.DataFrame, other_eps: pd.Series) -> pd.Series:
             )
             if flagged
         )
-        for seeds, bad_steps, bad_eps in zip(table["seeds"], unequal, other_eps)
+        for seeds, bad_steps, bad_eps in zip(table["seeds"], unequal, other_eps, strict=True)
     ]
     return pd.Series(text, index=table.index)
 
@@ -92,7 +92,7 @@ def comparisons(runs: pd.DataFrame, table: pd.DataFrame, spread: pd.DataFrame) -
     """
     lines = []
     for key, row in table.groupby(ROW, sort=False, dropna=False):
-        line = dict(zip(ROW, key))
+        line = dict(zip(ROW, key, strict=True))
         by_seed = runs.merge(pd.DataFrame([line]), on=ROW).pivot(index="seed", columns="method", values="f1")
         for other in ("ros", "base"):
             both = by_seed.reindex(columns=["aos", other]).dropna()
@@ -100,11 +100,11 @@ def comparisons(runs: pd.DataFrame, table: pd.DataFrame, spread: pd.DataFrame) -
             line[f"aos_minus_{other}"] = diffs.mean() if len(diffs) else np.nan
             line[f"p_aos_vs_{other}"] = sign_flip_p(diffs)
             line[f"pairs_aos_{other}"] = len(diffs)
-        line["order"] = ordering(dict(zip(row["method"], row["mean"])))
-        line["paper_order"] = ordering(dict(zip(row["method"], row["paper"])))
+        line["order"] = ordering(dict(zip(row["method"], row["mean"], strict=True)))
+        line["paper_order"] = ordering(dict(zip(row["method"], row["paper"], strict=True)))
         line["paper_order_holds"] = line["order"] == line["paper_order"] if line["order"] and line["paper_order"] else None
         if not spread.empty:
-            within = spread.merge(pd.DataFrame([dict(zip(ROW, key))]), on=ROW).query("method in ['aos', 'ros']")["within"].max()
+            within = spread.merge(pd.DataFrame([dict(zip(ROW, key, strict=True))]), on=ROW).query("method in ['aos', 'ros']")["within"].max()
             line["within_seed_spread"] = within
             line["below_within_seed_spread"] = abs(line["aos_minus_ros"]) < within if pd.notna(within) else None
         lines.append(line)
@@ -119,7 +119,7 @@ def unranked(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def paired_cells(diffs: pd.Series, pairs: pd.Series) -> list[str]:
     """'+1.23 (n=5)': mean differences over n pairs; empty without pairs."""
-    return [f"{value:+.2f} (n={n})" if n else "" for value, n in zip(diffs, pairs)]
+    return [f"{value:+.2f} (n={n})" if n else "" for value, n in zip(diffs, pairs, strict=True)]
 
 
 def agreement(table: pd.DataFrame, pairs: pd.DataFrame) -> str:

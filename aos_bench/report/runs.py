@@ -128,7 +128,7 @@ def one_table(runs: pd.DataFrame, sweeps: str) -> pd.DataFrame:
     recorded = runs[runs["subset"] != UNRECORDED]
     subsets = recorded.groupby([*ROW, "seed"], dropna=False)["subset"].nunique()
     if (subsets > 1).any():
-        row = dict(zip([*ROW, "seed"], subsets[subsets > 1].index[0]))
+        row = dict(zip([*ROW, "seed"], subsets[subsets > 1].index[0], strict=True))
         raise ValueError(
             f"sweep {sweeps}: the methods of {row} trained on different images (subset_sha256 differs), so their "
             "comparison is not paired; give every method of a seed the same data_seed"

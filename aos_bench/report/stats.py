@@ -42,7 +42,7 @@ def noise(runs: pd.DataFrame) -> pd.DataFrame:
     for key, cell in runs.groupby([*ROW, "method"], sort=False):
         within = np.sqrt(cell.groupby("seed")["f1"].var().mean())
         between = cell.groupby(FLOAT_ORDER)["f1"].std().mean()
-        line = {**dict(zip([*ROW, "method"], key)), "within": within, "between": between, "seeds": cell["seed"].nunique()}
+        line = {**dict(zip([*ROW, "method"], key, strict=True)), "within": within, "between": between, "seeds": cell["seed"].nunique()}
         if cell["stacked"].nunique() > 1:
             by_kind = cell.groupby(["seed", cell["stacked"] > 1])["f1"].mean().unstack()
             line["stacked_gap"] = np.sqrt(((by_kind[True] - by_kind[False]) ** 2).mean())
@@ -58,5 +58,5 @@ def noise_of_differences(runs: pd.DataFrame, other: str = "ros") -> pd.DataFrame
         if not {"aos", other} <= set(by_seed.columns):
             continue
         sd = (by_seed["aos"] - by_seed[other]).groupby(level=FLOAT_ORDER).std().mean()
-        lines.append({**dict(zip(ROW, key)), "sd": sd, **{f"seeds_{d}": seeds_needed(sd, d) for d in DIFFERENCES}})
+        lines.append({**dict(zip(ROW, key, strict=True)), "sd": sd, **{f"seeds_{d}": seeds_needed(sd, d) for d in DIFFERENCES}})
     return pd.DataFrame(lines)

@@ -82,7 +82,7 @@ def against_reference(runs: pd.DataFrame) -> pd.DataFrame:
             diffs = (both[method] - both[REFERENCE]).to_numpy()
             mean = diffs.mean() if len(diffs) else np.nan
             test = {"method": method, "minus_aos": mean, "p_vs_aos": sign_flip_p(diffs), "pairs": len(diffs)}
-            lines.append({**dict(zip(STUDY_ROW, key)), **test})
+            lines.append({**dict(zip(STUDY_ROW, key, strict=True)), **test})
     return pd.DataFrame(lines, columns=[*STUDY_ROW, "method", "minus_aos", "p_vs_aos", "pairs"])
 
 
@@ -158,11 +158,11 @@ def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[st
         cell = by_cell.reindex([(*row, method) for row in rows])
         x = np.arange(len(rows)) + (i - (len(methods) - 1) / 2) * width
         axis.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=2, label=NAMES.get(method, method))
-        for position, row in zip(x, rows):
-            seeds = runs.merge(pd.DataFrame([dict(zip(STUDY_ROW, row), method=method)]), on=[*STUDY_ROW, "method"])["f1"]
+        for position, row in zip(x, rows, strict=True):
+            seeds = runs.merge(pd.DataFrame([dict(zip(STUDY_ROW, row, strict=True), method=method)]), on=[*STUDY_ROW, "method"])["f1"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
         tuned = (cell["lr_scale"] != 1) & cell["mean"].notna()
-        for position, top in zip(x[tuned.to_numpy()], (cell["mean"] + cell["std"].fillna(0))[tuned]):
+        for position, top in zip(x[tuned.to_numpy()], (cell["mean"] + cell["std"].fillna(0))[tuned], strict=True):
             axis.annotate(TUNED.strip(), (position, top), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
                           fontsize=11, fontweight="bold")  # 2 points above the error bar, whatever the scale
     axis.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
@@ -239,7 +239,8 @@ def write_files(
     table.to_csv(paths[1], index=False, float_format="%.6g")
     figure.savefig(paths[2], dpi=DPI)
     plt.close(figure)
-    runs.sort_values(list(columns[: list(columns).index("seed") + 1]))[[*columns, "recipe", *env_columns(runs)]].to_csv(paths[3], index=False, float_format="%.6g")
+    ordered = runs.sort_values(list(columns[: list(columns).index("seed") + 1]))
+    ordered[[*columns, "recipe", *env_columns(runs)]].to_csv(paths[3], index=False, float_format="%.6g")
     return paths
 
 
@@ -286,7 +287,7 @@ def write_sensitivity(name: str, parents: Sequence[mlflow.entities.Run], runs: p
     row = tuple(settings.iloc[0])
     marked = paper_eps(row[0], row[2], row[3])
     cells = grid_cells(runs)
-    texts = cells.assign(text=[f"{m:.2f}" + ("" if pd.isna(s) else f" ± {s:.2f}") for m, s in zip(cells["mean"], cells["std"])])
+    texts = cells.assign(text=[f"{m:.2f}" + ("" if pd.isna(s) else f" ± {s:.2f}") for m, s in zip(cells["mean"], cells["std"], strict=True)])
     wide = texts.pivot(index="p", columns="eps", values="text").fillna("")
     wide.columns = [f"eps={e:g}" + (" (paper)" if marked is not None and np.isclose(e, marked) else "") for e in wide.columns]
     best = cells.loc[cells["mean"].idxmax()]

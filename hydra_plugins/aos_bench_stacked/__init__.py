@@ -41,7 +41,7 @@ class StackedLauncher(Launcher):
         configure_log(configs[0].hydra.job_logging, configs[0].hydra.verbose)
         log.info("Launching %d jobs in stacks of at most %d models", len(configs), self.max_models)
         returns = []
-        for config, overrides, value in zip(configs, job_overrides, run_stacked(configs, self.max_models)):
+        for config, overrides, value in zip(configs, job_overrides, run_stacked(configs, self.max_models), strict=True):
             failed = isinstance(value, BaseException)
             returns.append(JobReturn(list(overrides), task_config(config), config, status=JobStatus.FAILED if failed else JobStatus.COMPLETED))
             returns[-1].return_value = value
