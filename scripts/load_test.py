@@ -34,7 +34,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from aos_bench.paths import CONFIG_DIR
-from aos_bench.tracking import SWEEP_ENV, ensure_experiment, job_run
+from aos_bench.tracking import SWEEP_ENV, SigTerm, Terminated, ensure_experiment, job_run
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_JOBS, MAX_PARALLEL = 500, 64  # bounds on --jobs and --parallel
@@ -123,6 +123,8 @@ def log_one_job(cfg: DictConfig, epochs: int) -> tuple[float, str | None]:
             names = ("f1_macro", "f1_weighted", "accuracy", "balanced_accuracy", "gmean", "f1_majority", "f1_minority")
             mlflow.log_metrics({f"test_{name}": 50.0 + k for k, name in enumerate(names)} | {"train_steps": 6.0})
             mlflow.log_text("class,precision,recall,f1,support\n" + "".join(f"{c},50,50,50,100\n" for c in classes), "per_class.csv")
+    except (Terminated, SigTerm):  # the pool's SIGTERM at --timeout: this worker exits, as a stopped job does
+        os._exit(128 + signal.SIGTERM)  # (surviving it, as job_run's handler lets a job do, kept the pool from ending)
     except Exception as error:  # the figure counts it; the run's fate is read from the store afterwards
         return time.monotonic() - start, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     return time.monotonic() - start, None

@@ -27,3 +27,15 @@ def test_the_load_test_refuses_unbounded_loads(env):
     command = [sys.executable, str(ROOT / "scripts" / "load_test.py"), "--jobs", "100000"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--jobs in 1..500" in result.stderr
+
+
+def test_a_load_past_its_timeout_stops_by_itself_and_counts_what_was_not_done(tmp_path, env):
+    """Jobs not done at --timeout are errors; the test ends by itself, without a traceback (its workers once turned the
+    pool's SIGTERM into a logged error and survived it, and the test never ended)."""
+    command = [sys.executable, str(ROOT / "scripts" / "load_test.py"), "--jobs", "4", "--parallel", "2", "--epochs", "500",
+               "--timeout", "2", "--stores", "sqlite"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stdout.splitlines()
+    assert "errors 4;" in line and "first error: not done within --timeout 2 s" in line, line
+    assert re.search(r"runs lost \d, left RUNNING \d, FINISHED 0", line), line
