@@ -4,11 +4,9 @@ and the basic-auth credentials MLflow's client sends."""
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,20 +18,8 @@ USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # where
 ADMIN = {USER: "admin", PASSWORD: "admin-Pw-3c81f0d2"}  # MLflow 3.17 takes passwords of 12 characters or more
 ALICE = {USER: "alice", PASSWORD: "alice-Pw-9e4b7a15"}  # the secret that nothing the suite writes may hold
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 where nothing listens (the OS's pick, released again)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    """Whether the server at url answers its /health page (which basic auth leaves open)."""
-    try:
-        urllib.request.urlopen(f"{url}/health", timeout=1).close()
-    except OSError:
-        return False
-    return True
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts/ is not a package
+from load_test import free_port, healthy  # noqa: E402  (the load test's own: one port pick and one /health probe)
 
 
 @contextlib.contextmanager
