@@ -12,7 +12,8 @@ import pandas as pd
 from aos_bench.paths import PUBLISHED
 from aos_bench.report.figures import PAGE_WIDTH, PAPER_MARK, mark_trimmed
 from aos_bench.report.markdown import NAMES, markdown_table
-from aos_bench.report.studies import header, later_sweeps_win, method_order, one_run_each, write_files
+from aos_bench.report.pages import header, write_files
+from aos_bench.report.studies import later_sweeps_win, method_order, one_run_each
 
 CELL = ["rho", "method"]  # one cell of the table: the dataset and its imbalance kind are the preset's
 GOAL = {"base": 1.5, "ldam_drw": 1.5}  # points of top-1 from the first published figure at rho = 100 (the benchmark's check)
