@@ -19,6 +19,7 @@ from aos_bench.paths import is_plain_name
 USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # `scheme://user[:password]@`: credentials in a URL
 CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic-auth credentials
 NO_CREDENTIALS = f"a URI with no user or password in it (set {CREDENTIALS} instead)"
+MINORITY_MODES = ("random", "first", "last")  # imbalance.minority: which classes an imbalance makes minority, by name
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,11 @@ RULES: dict[str, Rule] = {
     "imbalance.rho": number(1, unit="largest class size / smallest"),
     "imbalance.n_max": whole(1, "the smallest class size of the train split"),
     "imbalance.convention": choice("suite", "cao2019"),
+    "imbalance.minority": Rule(
+        f"one of: {', '.join(MINORITY_MODES)}, or (imbalance=step) a list of class indices or names",
+        lambda v: (isinstance(v, str) and v in MINORITY_MODES)
+        or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)),
+    ),
     "method.eps": number(0, 1, unit="FGSM step in pixel units of [0, 1] images"),
     "method.p": number(0, 1, unit="a probability"),
     "method.redraw": flag(),

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aos_bench.checks import MINORITY_MODES
 from aos_bench.errors import UsageError
 
-MINORITY_MODES = ("random", "first", "last")
 # Under imbalance=none a class is minority when the largest class has more than this many times its images: 1.5, the
 # lowest imbalance ratio of the KEEL repository's imbalanced data sets (docs/imbalance.md). 1 = every smaller class.
 NATURAL_RHO = 1.5
@@ -57,13 +57,11 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
     if cfg["kind"] == "step":
         sizes, minority = step_sizes(classes, cfg["mu"], n_min, n_max, cfg.get("minority", "random"), gen)
         rule = f"the {len(minority)} classes cut to n_min={n_min} (step imbalance, imbalance.minority={cfg.get('minority', 'random')})"
-    elif cfg["kind"] in ("linear", "exp"):
+    else:  # linear or exp: checks.RULES allows no other kind
         n = len(classes)
         profile = linear_profile(n_min, n_max, n) if cfg["kind"] == "linear" else exp_profile(n_max, cfg["rho"], n)
         sizes = ordered_sizes(profile, cfg.get("minority", "random"), gen)
         minority = [c for c, n in enumerate(sizes) if n < max(sizes)]
-    else:
-        raise UsageError(f"imbalance.kind={cfg['kind']!r} is not one of: none, step, linear, exp")
     return Subset(draw_images(labels, sizes, gen), sizes, minority, rule)
 
 
@@ -94,9 +92,7 @@ def majority_size(counts: list[int], n_max: int | None) -> int:
 
 
 def minority_size(n_max: int, rho: float) -> int:
-    """n_min = max(1, round(n_max / rho))."""
-    if not rho >= 1:
-        raise UsageError(f"imbalance.rho={rho} must be a number >= 1 (largest class size / smallest)")
+    """n_min = max(1, round(n_max / rho)), rho >= 1 (checks.RULES)."""
     return max(1, round(n_max / rho))
 
 
@@ -173,11 +169,7 @@ def ordered_classes(n_classes: int, mode: str, gen: torch.Generator) -> list[int
     """Classes from the first to be made minority to the last."""
     if mode == "random":
         return torch.randperm(n_classes, generator=gen).tolist()
-    if mode == "first":
-        return list(range(n_classes))
-    if mode == "last":
-        return list(reversed(range(n_classes)))
-    raise UsageError(f"imbalance.minority={mode!r} is not one of {MINORITY_MODES} or a list of classes")
+    return list(range(n_classes)) if mode == "first" else list(reversed(range(n_classes)))  # first or last: checks.RULES
 
 
 def class_index(name: object, classes: Sequence[str], key: str = "imbalance.minority") -> int:

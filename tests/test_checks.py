@@ -39,6 +39,11 @@ except SystemExit as stop:
         ("train.warmup=nan", "train.warmup=nan: a number in [0, 1]"),
         ("train.clip_norm=0", "train.clip_norm=0: a number > 0 (the gradient's largest L2 norm), or null (no clipping)"),
         ("imbalance.rho=0.5", "imbalance.rho=0.5: a number >= 1"),
+        ("imbalance=exp imbalance.rho=0.5", "imbalance.rho=0.5: a number >= 1"),
+        ("imbalance.kind=zipf", "imbalance.kind=zipf: one of: none, step, linear, exp"),
+        ("imbalance.minority=middle", "imbalance.minority=middle: one of: random, first, last, or (imbalance=step) a list"),
+        ("imbalance.minority=[0,true]", "imbalance.minority=[0, true]: one of: random, first, last"),
+        ("train.device=tpu", "train.device=tpu: one of: auto, cpu, cuda"),
         ("model.widths=[8,x]", "model.widths=[8, x]: a list of items, each a whole number >= 1"),
         ("dataset.augment.flip=maybe", "dataset.augment.flip=maybe: one of: true, false"),
         ("~seed", "seed is missing"),
@@ -46,7 +51,7 @@ except SystemExit as stop:
 )
 def test_a_bad_value_names_its_key_value_and_what_is_allowed(override, line):
     with pytest.raises(UsageError) as error:
-        validate(make_config("dataset=synthetic", override))
+        validate(make_config("dataset=synthetic", *override.split()))
     assert str(error.value).startswith(line)
 
 
