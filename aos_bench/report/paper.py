@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from aos_bench.paths import PAPER
+from aos_bench.registry import display
 from aos_bench.report.figures import figure, mark_trimmed, per_class, per_class_row
-from aos_bench.report.markdown import NAMES, fmt, markdown_table, row_label, trimmed_note
+from aos_bench.report.markdown import fmt, markdown_table, row_label, trimmed_note
 from aos_bench.report.pages import header, write_files
 from aos_bench.report.runs import METHODS, ROW, one_table, per_seed
 from aos_bench.report.stats import DIFFERENCES, noise, noise_of_differences, paired
@@ -82,7 +83,7 @@ def ordering(means: Mapping[str, float]) -> str:
     """The methods from best to worst F1, e.g. 'AOS > ROS > BASE'; empty unless all three have a value."""
     if not all(pd.notna(means.get(method)) for method in METHODS):
         return ""
-    return " > ".join(NAMES[m] for m in sorted(METHODS, key=lambda m: -means[m]))
+    return " > ".join(display(m) for m in sorted(METHODS, key=lambda m: -means[m]))
 
 
 def comparisons(runs: pd.DataFrame, table: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
@@ -136,9 +137,9 @@ def noise_section(spread: pd.DataFrame, differences: pd.DataFrame) -> str:
         return ""
     floor = pd.DataFrame(
         {
-            "dataset": spread["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": spread["dataset"].map(display),
             "mu": fmt("g", spread["mu"]),
-            "method": spread["method"].map(NAMES),
+            "method": spread["method"].map(display),
             "seeds": spread["seeds"],
             "within-seed spread (std over thread counts)": fmt(".2f", spread["within"]),
             "between-seed spread (std over seeds)": fmt(".2f", spread["between"]),
@@ -150,7 +151,7 @@ def noise_section(spread: pd.DataFrame, differences: pd.DataFrame) -> str:
     stacking = ", and both alone and in a stack of models (hydra/launcher=stacked: a float order too)" if "stacked_gap" in spread else ""
     needed = pd.DataFrame(
         {
-            "dataset": differences["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": differences["dataset"].map(display),
             "mu": fmt("g", differences["mu"]),
             "std of AOS − ROS over seeds": fmt(".2f", differences["sd"]),
             **{f"seeds for {d} points": differences[f"seeds_{d}"] for d in DIFFERENCES},
@@ -181,11 +182,11 @@ def markdown(
     (markdown.trimmed_note) marks a page of trimmed runs at its top, and leaves out p-values and orderings."""
     f1 = pd.DataFrame(
         {
-            "dataset": table["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": table["dataset"].map(display),
             "mu": fmt("g", table["mu"]),
             "rho": fmt("g", table["rho"]),
             "eps": fmt("g", table["eps"]),
-            "method": table["method"].map(NAMES),
+            "method": table["method"].map(display),
             "F1 mean": fmt(".2f", table["mean"]),
             "F1 std": fmt(".2f", table["std"]),
             "seeds": fmt(".0f", table["seeds"]),
@@ -197,7 +198,7 @@ def markdown(
     )
     paired = pd.DataFrame(
         {
-            "dataset": pairs["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": pairs["dataset"].map(display),
             "mu": fmt("g", pairs["mu"]),
             "rho": fmt("g", pairs["rho"]),
             "AOS − ROS": paired_cells(pairs["aos_minus_ros"], pairs["pairs_aos_ros"]),
