@@ -110,7 +110,8 @@ def rules_of(cfg: DictConfig) -> dict[str, Rule]:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise UsageError `<key>=<value>: <what is allowed>` for the first value that breaks its rule, or a missing key."""
+    """Raise UsageError `<key>=<value>: <what is allowed>` for the first value that breaks its rule, or a missing key;
+    then for values that each pass but cannot go together (combination_problem)."""
     for key, rule in rules_of(cfg).items():
         try:
             value = OmegaConf.select(cfg, key, default=ABSENT, throw_on_missing=True)
@@ -120,6 +121,29 @@ def validate(cfg: DictConfig) -> None:
             raise UsageError(f"{key} is missing: it must be {rule.allowed}")
         if value is not ABSENT and not rule.ok(value):
             raise UsageError(f"{key}={show(value)}: {rule.allowed}")
+    if problem := combination_problem(cfg):
+        raise UsageError(problem)
+
+
+def combination_problem(cfg: DictConfig) -> str | None:
+    """Why values that each pass their rule cannot go together, in one line; None if they can."""
+    imbalance = cfg.imbalance
+    kind, minority = imbalance.kind, imbalance.get("minority", "random")
+    if kind == "none":
+        return None
+    if cfg.dataset.get("minority_classes") is not None:
+        return (
+            f"dataset.minority_classes is for imbalance=none (a split at its own sizes); imbalance={kind} "
+            "makes its own minority classes: set imbalance.minority instead"
+        )
+    if imbalance.get("convention", "suite") == "cao2019" and (kind != "exp" or minority != "last"):
+        return (
+            f"imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
+            f"allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind={kind} minority={show(minority)}"
+        )
+    if kind != "step" and not isinstance(minority, str):
+        return f"imbalance.minority={show(minority)}: a list is for imbalance=step only; with imbalance={kind}: one of: {', '.join(MINORITY_MODES)}"
+    return None
 
 
 def stack_problem(cfg: DictConfig) -> str | None:

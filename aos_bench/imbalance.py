@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from aos_bench.checks import MINORITY_MODES
 from aos_bench.errors import UsageError
 
 # Under imbalance=none a class is minority when the largest class has more than this many times its images: 1.5, the
@@ -44,11 +43,6 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
     if cfg["kind"] == "none":
         return Subset(torch.arange(len(labels)), counts, *natural_minority(counts, classes, dataset or {}))
-    if dataset is not None and dataset.get("minority_classes") is not None:
-        raise UsageError(
-            f"dataset.minority_classes is for imbalance=none (a split at its own sizes); imbalance={cfg['kind']} "
-            "makes its own minority classes: set imbalance.minority instead"
-        )
     n_max = majority_size(counts, cfg.get("n_max"))
     n_min = minority_size(n_max, cfg["rho"])
     if cfg.get("convention", "suite") == "cao2019":
@@ -137,12 +131,8 @@ def exp_profile(n_max: int, rho: float, n_classes: int) -> list[int]:
 
 def cao2019_subset(labels: torch.Tensor, n_max: int, cfg: Mapping, data_seed: int) -> Subset:
     """The long-tailed subset as Cao et al.'s IMBALANCECIFAR10 draws it (class 0 largest, truncated sizes, numpy's
-    legacy shuffle seeded with data_seed): their images exactly when `labels` come in torchvision's order."""
-    if cfg["kind"] != "exp" or cfg.get("minority", "random") != "last":
-        raise UsageError(
-            f"imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
-            f"allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind={cfg['kind']} minority={cfg.get('minority')}"
-        )
+    legacy shuffle seeded with data_seed): their images exactly when `labels` come in torchvision's order; kind=exp and
+    minority=last, as checks.combination_problem requires."""
     n = int(labels.max()) + 1
     sizes = [int(n_max * (1 / cfg["rho"]) ** (i / (n - 1))) for i in range(n)]  # int() truncates, as theirs does
     shuffle = np.random.RandomState(data_seed).shuffle  # = their np.random.seed(rand_number); np.random.shuffle
@@ -155,10 +145,9 @@ def cao2019_subset(labels: torch.Tensor, n_max: int, cfg: Mapping, data_seed: in
     return Subset(torch.cat(picked), sizes, minority, "every class smaller than the largest (exp imbalance, convention cao2019)")
 
 
-def ordered_sizes(profile: list[int], minority: object, gen: torch.Generator) -> list[int]:
-    """Class sizes given by `profile` (smallest first) over the class order that `minority` picks."""
-    if not isinstance(minority, str):
-        raise UsageError(f"imbalance.minority={minority} is not one of {MINORITY_MODES} (a list is for step only)")
+def ordered_sizes(profile: list[int], minority: str, gen: torch.Generator) -> list[int]:
+    """Class sizes given by `profile` (smallest first) over the class order that `minority` (random, first or last:
+    checks.combination_problem refuses a list here) picks."""
     sizes = [0] * len(profile)
     for c, size in zip(ordered_classes(len(profile), minority, gen), profile, strict=True):
         sizes[c] = size

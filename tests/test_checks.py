@@ -49,6 +49,12 @@ except SystemExit as stop:
         ("dataset.channels='3'", "dataset.channels=3: one of: 1, 3"),
         ("dataset.seed=true", "dataset.seed=true: a whole number >= 0"),
         ("dataset.n_classes=null", "dataset.n_classes=null: a whole number >= 2"),
+        ("imbalance=linear imbalance.minority=[0,1]",
+         "imbalance.minority=[0, 1]: a list is for imbalance=step only; with imbalance=linear: one of: random, first, last"),
+        ("imbalance=exp +imbalance.convention=cao2019 imbalance.minority=first",
+         "imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
+         "allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind=exp minority=first"),
+        ("dataset=folder dataset.root=x dataset.minority_classes=[a]", "dataset.minority_classes is for imbalance=none"),
         ("model.arch=vgg", "model.arch=vgg: one of: convnet, lenet, allcnn, resnet18, cifar_resnet"),
         ("model.widths=[8,x]", "model.widths=[8, x]: a list of items, each a whole number >= 1"),
         ("dataset.augment.flip=maybe", "dataset.augment.flip=maybe: one of: true, false"),
