@@ -113,9 +113,7 @@ class CosineHead(nn.Module):
 def cifar_resnet(channels: int, n_classes: int, depth: int, widths: Sequence[int], cosine_head: bool) -> nn.Sequential:
     """He et al.'s CIFAR ResNet of `depth` = 6n + 2 layers: a conv3x3 stem, three stages of n blocks at `widths`
     (the second and third halving the size), global average pooling and a linear (or cosine) head; conv and linear
-    weights Kaiming-normal, as in Cao et al.'s code. depth 32: 0.46 M parameters."""
-    if depth < 8 or (depth - 2) % 6:
-        raise UsageError(f"model.depth={depth}: allowed: 6n + 2 for a whole n >= 1 (20, 32, 44, 56, 110)")
+    weights Kaiming-normal, as in Cao et al.'s code. depth 32: 0.46 M parameters (6n + 2: registry.MODELS)."""
     blocks, c = (depth - 2) // 6, widths[0]
     layers: list[nn.Module] = [nn.Conv2d(channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
     for stage, width in enumerate(widths):

@@ -55,13 +55,16 @@ METHODS: dict[str, Entry] = {  # the report's column order: the paper's three fi
     "threshold": Entry("Threshold"),
 }
 
+DEPTH = Rule(  # layers of He et al.'s CIFAR ResNet: n blocks of two convs in each of 3 stages, a stem and a head
+    "6n + 2 for a whole n >= 1 (20, 32, 44, 56, 110)", lambda v: type(v) is int and v >= 8 and (v - 2) % 6 == 0
+)
 # free of BatchNorm and dropout, lenet alone trains stacked: see aos_bench/train_stacked.py
 MODELS: dict[str, Entry] = {
     "convnet": Entry("ConvNet", {"widths": numbers(whole(1)), "convs_per_stage": whole(1)}, stacks=False),
     "lenet": Entry("LeNet", {"widths": numbers(whole(1)), "hidden": numbers(whole(1)), "pad_input": whole(0), "conv_relu": flag()}),
     "allcnn": Entry("All-CNN", {"widths": numbers(whole(1)), "dropout": numbers(number(0, 1, high_open=True))}, stacks=False),
     "resnet18": Entry("ResNet-18", stacks=False),
-    "cifar_resnet": Entry("CIFAR ResNet", {"depth": whole(8), "widths": numbers(whole(1)), "cosine_head": flag()}, stacks=False),
+    "cifar_resnet": Entry("CIFAR ResNet", {"depth": DEPTH, "widths": numbers(whole(1)), "cosine_head": flag()}, stacks=False),
 }
 
 SKIP_BAD = flag()  # true = leave out the files that do not decode as images

@@ -55,6 +55,7 @@ except SystemExit as stop:
          "imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
          "allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind=exp minority=first"),
         ("dataset=folder dataset.root=x dataset.minority_classes=[a]", "dataset.minority_classes is for imbalance=none"),
+        ("model=resnet32 model.depth=30", "model.depth=30: 6n + 2 for a whole n >= 1 (20, 32, 44, 56, 110)"),
         ("model.arch=vgg", "model.arch=vgg: one of: convnet, lenet, allcnn, resnet18, cifar_resnet"),
         ("model.widths=[8,x]", "model.widths=[8, x]: a list of items, each a whole number >= 1"),
         ("dataset.augment.flip=maybe", "dataset.augment.flip=maybe: one of: true, false"),
