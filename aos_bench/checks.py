@@ -8,13 +8,13 @@ checks that need the data (how many classes `imbalance.mu` leaves as minority) s
 import re
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aos_bench.errors import UsageError
 from aos_bench.paths import is_plain_name
 from aos_bench.registry import METHODS, MODELS, REGISTRY
-from aos_bench.rules import Rule, choice, flag, is_number, number, numbers, show, text, whole
+from aos_bench.rules import Rule, choice, flag, is_class_list, is_number, number, numbers, show, text, whole
 
 USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # `scheme://user[:password]@`: credentials in a URL
 CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic-auth credentials
@@ -61,8 +61,7 @@ RULES: dict[str, Rule] = {
     "imbalance.convention": choice("suite", "cao2019"),
     "imbalance.minority": Rule(
         f"one of: {', '.join(MINORITY_MODES)}, or (imbalance=step) a list of class indices or names",
-        lambda v: (isinstance(v, str) and v in MINORITY_MODES)
-        or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)),
+        lambda v: (isinstance(v, str) and v in MINORITY_MODES) or is_class_list(v),
     ),
     "method.lr_scale": number(0, low_open=True, unit="times the recipe's train.lr"),
     "train.epochs": whole(1),

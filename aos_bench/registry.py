@@ -11,9 +11,7 @@ this module is apart from the code so that the door (aos_bench.sweep) checks a c
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from omegaconf import ListConfig
-
-from aos_bench.rules import Rule, choice, flag, is_number, number, numbers, text, whole
+from aos_bench.rules import Rule, choice, flag, is_class_list, is_number, number, numbers, text, whole
 
 
 @dataclass(frozen=True)
@@ -90,8 +88,7 @@ DATASETS: dict[str, Entry] = {
             "minority_rho": number(1, unit="a class is minority when the largest class has more than minority_rho times its images"),
             "minority_classes": Rule(
                 "a list of class names or indices, or null (the rule of dataset.minority_rho)",
-                lambda v: v is None
-                or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)),
+                lambda v: v is None or is_class_list(v),
             ),
         },
     ),

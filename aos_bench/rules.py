@@ -32,6 +32,11 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_class_list(value: object) -> bool:
+    """A non-empty list of class names or indices (an int, not a bool)."""
+    return isinstance(value, (list, ListConfig)) and len(value) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in value)
+
+
 def whole(minimum: int, nullable: str = "") -> Rule:
     """A whole number >= minimum; `nullable` says what null means where null is allowed."""
     allowed = f"a whole number >= {minimum}" + (f", or null ({nullable})" if nullable else "")
