@@ -10,7 +10,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from aos_bench.checks import hydra_error_line, validate
+from aos_bench.checks import hydra_error_line
 from aos_bench.errors import StoreFailed, UsageError, reject
 from aos_bench.paths import CONFIG_DIR
 from aos_bench.store import require_reachable, tracking_key, tracking_uri
@@ -24,11 +24,7 @@ SET_BY_CLI = []  # holds True while cli() has set HYDRA_RAISES for the user
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Run one job and return the metric a sweeper would optimise."""
-    hydra_reports_errors()
-    try:
-        validate(cfg)  # before the imports below: they take seconds
-    except UsageError as error:
-        reject(str(error))
+    hydra_reports_errors()  # its values were checked at the door: sweep.SweepTracking (on_run_start, on_multirun_start)
     log.info("loading %s", data_source(cfg))  # at once: the imports below and the decoding take seconds
     single = HydraConfig.get().mode == RunMode.RUN
     uri, key = tracking_uri(cfg.tracking), tracking_key(cfg.tracking)

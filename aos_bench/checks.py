@@ -1,80 +1,25 @@
 """Every config value checked for type and range before torch, MLflow or any data is touched.
 
-One table, RULES, says what each key accepts. A key that the composed config lacks (an option without it) is
-skipped; checks that need the data (how many classes `imbalance.mu` leaves as minority) stay where the data is.
+RULES says what each key outside the registry accepts; the method, model and dataset a config names bring the rules of
+their own parameters (aos_bench.registry). A key that the composed config lacks (an option without it) is skipped;
+checks that need the data (how many classes `imbalance.mu` leaves as minority) stay where the data is.
 """
 
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aos_bench.errors import UsageError
 from aos_bench.paths import is_plain_name
+from aos_bench.registry import METHODS, MODELS, REGISTRY
+from aos_bench.rules import Rule, choice, flag, is_class_list, is_number, number, numbers, show, text, whole
 
 USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # `scheme://user[:password]@`: credentials in a URL
 CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic-auth credentials
 NO_CREDENTIALS = f"a URI with no user or password in it (set {CREDENTIALS} instead)"
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts: a test of its value, and the words that tell a user what is allowed."""
-
-    allowed: str
-    ok: Callable[[object], bool]
-
-
-def show(value: object) -> str:
-    """A value as a user types it on the command line: null, true, 0.1, [1, 2], abc."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, list):
-        return f"[{', '.join(show(v) for v in value)}]"
-    return str(value)
-
-
-def is_number(value: object) -> bool:
-    """An int or a finite float, not a bool (YAML's true is an int to Python)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def whole(minimum: int, nullable: str = "") -> Rule:
-    """A whole number >= minimum; `nullable` says what null means where null is allowed."""
-    allowed = f"a whole number >= {minimum}" + (f", or null ({nullable})" if nullable else "")
-    return Rule(allowed, lambda v: (bool(nullable) and v is None) or (is_number(v) and isinstance(v, int) and v >= minimum))
-
-
-def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False, unit: str = "") -> Rule:
-    """A number in the interval from low to high, each end open or closed."""
-    interval = f"{'(' if low_open else '['}{low:g}, {'inf' if high == math.inf else f'{high:g}'}{')' if high_open else ']'}"
-    words = f"a number in {interval}" if high != math.inf else f"a number {'>' if low_open else '>='} {low:g}"
-    return Rule(
-        words + (f" ({unit})" if unit else ""),
-        lambda v: is_number(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high),
-    )
-
-
-def choice(*options: object) -> Rule:
-    """One of the given values."""
-    return Rule(f"one of: {', '.join(show(o) for o in options)}", lambda v: any(v == o and type(v) is type(o) for o in options))
-
-
-def flag() -> Rule:
-    """true or false."""
-    return choice(True, False)
-
-
-def text(nullable: str = "") -> Rule:
-    """A non-empty string; `nullable` says what null means where null is allowed."""
-    text = "a non-empty text" + (f", or null ({nullable})" if nullable else "")
-    return Rule(text, lambda v: (bool(nullable) and v is None) or (isinstance(v, str) and v != ""))
+MINORITY_MODES = ("random", "first", "last")  # imbalance.minority: which classes an imbalance makes minority, by name
 
 
 def holds_credentials(uri: str) -> bool:
@@ -95,16 +40,6 @@ def plain_name(nullable: str) -> Rule:
     )
 
 
-def numbers(item: Rule, length: int | None = None, nullable: str = "") -> Rule:
-    """A list whose items each pass `item` (of `length` items when given); `nullable` says what null means where allowed."""
-    size = f"{length} " if length else ""
-    return Rule(
-        f"a list of {size}items, each {item.allowed}" + (f"; or null ({nullable})" if nullable else ""),
-        lambda v: (bool(nullable) and v is None)
-        or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and (length is None or len(v) == length) and all(item.ok(i) for i in v)),
-    )
-
-
 RULES: dict[str, Rule] = {
     "seed": whole(0),
     "data_seed": whole(0),
@@ -114,24 +49,6 @@ RULES: dict[str, Rule] = {
     "preset": plain_name("no preset: the report is named sweep"),
     "dataset.image_size": whole(1),
     "dataset.download": flag(),
-    "dataset.skip_bad": flag(),
-    "dataset.channels": Rule(
-        "1 (grey) or 3 (RGB), or null (folder: 1 if every image is grey, else 3)", lambda v: v is None or (type(v) is int and v in (1, 3))
-    ),
-    "dataset.root": text(),
-    "dataset.test_fraction": number(0, 1, low_open=True, high_open=True, unit="fraction of each class held out for testing"),
-    "dataset.split_seed": whole(0),
-    "dataset.natural_minority": flag(),
-    "dataset.minority_rho": number(1, unit="a class is minority when the largest class has more than minority_rho times its images"),
-    "dataset.minority_classes": Rule(
-        "a list of class names or indices, or null (the rule of dataset.minority_rho)",
-        lambda v: v is None
-        or (isinstance(v, (list, ListConfig)) and len(v) >= 1 and all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in v)),
-    ),
-    "dataset.n_classes": whole(2),
-    "dataset.train_per_class": whole(1),
-    "dataset.test_per_class": whole(1),
-    "dataset.seed": whole(0),
     "dataset.mean": numbers(number(0, 1), nullable="measured on the training split"),
     "dataset.std": numbers(number(0, low_open=True), nullable="measured on the training split"),
     "dataset.augment.flip": flag(),
@@ -142,27 +59,11 @@ RULES: dict[str, Rule] = {
     "imbalance.rho": number(1, unit="largest class size / smallest"),
     "imbalance.n_max": whole(1, "the smallest class size of the train split"),
     "imbalance.convention": choice("suite", "cao2019"),
-    "method.eps": number(0, 1, unit="FGSM step in pixel units of [0, 1] images"),
-    "method.p": number(0, 1, unit="a probability"),
-    "method.redraw": flag(),
-    "method.steps": whole(1),
-    "method.targeted": flag(),
-    "method.k": whole(1),
-    "method.beta": Rule("null (inverse frequency), or a number in [0, 1)", lambda v: v is None or (is_number(v) and 0 <= v < 1)),
-    "method.gamma": number(0),
-    "method.max_m": number(0, unit="logit units"),
-    "method.s": number(0, low_open=True),
-    "method.drw_start": number(0, 1, unit="fraction of the optimizer steps"),
-    "method.tau": number(0),
+    "imbalance.minority": Rule(
+        f"one of: {', '.join(MINORITY_MODES)}, or (imbalance=step) a list of class indices or names",
+        lambda v: (isinstance(v, str) and v in MINORITY_MODES) or is_class_list(v),
+    ),
     "method.lr_scale": number(0, low_open=True, unit="times the recipe's train.lr"),
-    "model.widths": numbers(whole(1)),
-    "model.hidden": numbers(whole(1)),
-    "model.dropout": numbers(number(0, 1, high_open=True)),
-    "model.pad_input": whole(0),
-    "model.conv_relu": flag(),
-    "model.convs_per_stage": whole(1),
-    "model.depth": whole(8),
-    "model.cosine_head": flag(),
     "train.epochs": whole(1),
     "train.lr": number(0, low_open=True, unit="peak SGD learning rate"),
     "train.momentum": number(0, 1, high_open=True),
@@ -195,9 +96,22 @@ OPTIONAL = ("dataset.", "imbalance.", "method.", "model.")  # keys that only som
 OPTIONAL_TRAIN = ("train.schedule", "train.warmup_epochs", "train.milestones", "train.lr_decay", "train.nesterov")
 
 
+def rules_of(cfg: DictConfig) -> dict[str, Rule]:
+    """RULES, then per registered group (dataset, method, model) the choice of its entries and the rules of the entry
+    that `cfg` names."""
+    found = dict(RULES)
+    for group, (named_by, entries) in REGISTRY.items():
+        found[f"{group}.{named_by}"] = choice(*entries)
+        name = OmegaConf.select(cfg, f"{group}.{named_by}", default=None)
+        if isinstance(name, str) and name in entries:
+            found |= {f"{group}.{key}": rule for key, rule in entries[name].params.items()}
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise UsageError `<key>=<value>: <what is allowed>` for the first value that breaks its rule, or a missing key."""
-    for key, rule in RULES.items():
+    """Raise UsageError `<key>=<value>: <what is allowed>` for the first value that breaks its rule, or a missing key;
+    then for values that each pass but cannot go together (combination_problem)."""
+    for key, rule in rules_of(cfg).items():
         try:
             value = OmegaConf.select(cfg, key, default=ABSENT, throw_on_missing=True)
         except OmegaConfBaseException as error:  # ??? left unset, or ${...} naming nothing
@@ -206,18 +120,42 @@ def validate(cfg: DictConfig) -> None:
             raise UsageError(f"{key} is missing: it must be {rule.allowed}")
         if value is not ABSENT and not rule.ok(value):
             raise UsageError(f"{key}={show(value)}: {rule.allowed}")
+    if problem := combination_problem(cfg):
+        raise UsageError(problem)
 
 
-STACKABLE_ARCHS = ("lenet",)  # free of BatchNorm (convnet, resnet18) and dropout (allcnn): see aos_bench/train_stacked.py
+def combination_problem(cfg: DictConfig) -> str | None:
+    """Why values that each pass their rule cannot go together, in one line; None if they can."""
+    imbalance = cfg.imbalance
+    kind, minority = imbalance.kind, imbalance.get("minority", "random")
+    if kind == "none":
+        return None
+    if cfg.dataset.get("minority_classes") is not None:
+        return (
+            f"dataset.minority_classes is for imbalance=none (a split at its own sizes); imbalance={kind} "
+            "makes its own minority classes: set imbalance.minority instead"
+        )
+    if imbalance.get("convention", "suite") == "cao2019" and (kind != "exp" or minority != "last"):
+        return (
+            f"imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
+            f"allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind={kind} minority={show(minority)}"
+        )
+    if kind != "step" and not isinstance(minority, str):
+        return f"imbalance.minority={show(minority)}: a list is for imbalance=step only; with imbalance={kind}: one of: {', '.join(MINORITY_MODES)}"
+    return None
 
 
 def stack_problem(cfg: DictConfig) -> str | None:
     """Why hydra/launcher=stacked cannot train this job, as `<key>=<value>: <allowed>`; None if it can."""
-    if cfg.model.arch not in STACKABLE_ARCHS:
+    if not MODELS[cfg.model.arch].stacks:
+        stackable = ", ".join(arch for arch, entry in MODELS.items() if entry.stacks)
         return (
             f"model.arch={cfg.model.arch}: hydra/launcher=stacked trains BatchNorm- and dropout-free networks only "
-            f"({', '.join(STACKABLE_ARCHS)}: the recipe=paper networks); run this one with the basic or joblib launcher"
+            f"({stackable}: the recipe=paper networks); run this one with the basic or joblib launcher"
         )
+    if not METHODS[cfg.method.name].stacks:
+        return (f"method.name={cfg.method.name}: hydra/launcher=stacked has no stacked form of its perturb hook;"
+                " run it with the basic or joblib launcher")
     if cfg.train.compile:
         return "train.compile=true: hydra/launcher=stacked runs eager stacked models; allowed with it: false"
     if cfg.tracking.get("checkpoint_dir") is not None:

@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import resize, rgb_to_grayscale
 
-from aos_bench.checks import RULES, show
 from aos_bench.errors import UsageError
+from aos_bench.rules import show
 
 # Bump when the cached content or its layout changes, so old cache files are never reused.
 CACHE_FORMAT_VERSION = 1
@@ -74,9 +74,7 @@ def default_cache_dir() -> Path:
 
 def load_data(dataset: DictConfig | Mapping, data_dir: str | Path, cache_dir: str | Path | None) -> ImageData:
     """Load the train and test splits of the configured dataset as uint8 tensors."""
-    name = dataset.get("name")
-    if name not in LOADERS:
-        raise UsageError(f"dataset.name={name!r} is not one of: {', '.join(sorted(LOADERS))}")
+    name = dataset.get("name")  # one of LOADERS: checks.validate (registry.DATASETS) lets no other in
     cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
     pack = Path(data_dir).expanduser() / f"{name}_pack.npz"
     if pack.is_file():  # a GPU node's copy of the images some sweep needs (python -m aos_bench.pack)
@@ -100,34 +98,6 @@ def cached_loader() -> Callable[[DictConfig, str, str | None], ImageData]:
 
     return load
 
-def _int_option(dataset: Mapping, key: str, default: int | None = None, minimum: int = 1) -> int:
-    """Read dataset.<key> as an int >= minimum; a missing or bad value is a UsageError."""
-    value = dataset.get(key, default)
-    if value is None:
-        raise UsageError(f"dataset.{key} is missing")
-    # bool is a subclass of int, but `true` is never a sensible count.
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UsageError(f"dataset.{key}={value!r} is not an integer >= {minimum}")
-    return value
-
-
-def _bool_option(dataset: Mapping, key: str) -> bool:
-    """Read dataset.<key> as a bool, false when absent; any other type is a UsageError."""
-    value = dataset.get(key, False)
-    if not isinstance(value, bool):
-        raise UsageError(f"dataset.{key}={value!r} is not true or false")
-    return value
-
-
-def _ruled_option(dataset: Mapping, key: str) -> Any:
-    """Read dataset.<key>, which must pass its rule in checks.RULES; else a UsageError saying what is allowed."""
-    value = dataset.get(key)
-    rule = RULES[f"dataset.{key}"]
-    if not rule.ok(value):
-        raise UsageError(f"dataset.{key}={show(value)}: {rule.allowed}")
-    return value
-
-
 def _one_line(error: BaseException) -> str:
     """First line of an exception's message, so UsageErrors stay single-line."""
     lines = str(error).strip().splitlines()
@@ -141,7 +111,7 @@ def _load_mnist(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
         if all((raw / f"{name}{suffix}").is_file() for name in MNIST_FILES):
             return _mnist_from_idx([raw / f"{name}{suffix}" for name in MNIST_FILES])
     hint = f": expected {', '.join(MNIST_FILES)} (or each with .gz); set data_dir (or AOS_DATA_DIR) to the folder that holds MNIST/raw"
-    if not _bool_option(dataset, "download"):
+    if not dataset.get("download", False):
         raise UsageError(f"MNIST not found in {raw}{hint}, or set dataset.download=true on a machine with internet access")
     try:  # torchvision fetches and checks all four files into raw/, read below like any others
         _download(data_dir, "MNIST/raw", lambda root: torchvision.datasets.MNIST(root=root, train=True, download=True))
@@ -198,8 +168,8 @@ def _load_cifar10(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageDat
         return _cifar10_torchvision(data_dir, download=False)
     if (folder / "train").is_dir() and (folder / "test").is_dir():
         # dataset.image_size does not apply: CIFAR-10 stays at its native 32x32.
-        return _image_folder_splits(folder / "train", folder / "test", (32, 32), cache_dir, _bool_option(dataset, "skip_bad"))
-    if _bool_option(dataset, "download"):
+        return _image_folder_splits(folder / "train", folder / "test", (32, 32), cache_dir, dataset.get("skip_bad", False))
+    if dataset.get("download", False):
         return _cifar10_torchvision(data_dir, download=True)
     raise UsageError(
         f"CIFAR-10 not found: searched {data_dir / 'cifar-10-batches-py'} (torchvision's layout) and "
@@ -242,7 +212,7 @@ def _download(data_dir: Path, folder: str, fetch: Callable[[Path], object]) -> N
 
 def _load_intel(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     """Intel scenes from <data_dir>/intel/{seg_train,seg_test}/<class>/*.jpg, squashed to image_size."""
-    size = _int_option(dataset, "image_size", 64)
+    size = dataset.get("image_size", 64)
     folder = data_dir / "intel"
     train, test = _unnest(folder / "seg_train"), _unnest(folder / "seg_test")
     if not (train.is_dir() and test.is_dir()):
@@ -252,7 +222,7 @@ def _load_intel(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
             f"download the Kaggle dataset {INTEL_KAGGLE} and unpack it so that seg_train/ and seg_test/ "
             f"are under {folder}, or set data_dir (or AOS_DATA_DIR) to the folder that holds intel/"
         )
-    return _image_folder_splits(train, test, (size, size), cache_dir, _bool_option(dataset, "skip_bad"))
+    return _image_folder_splits(train, test, (size, size), cache_dir, dataset.get("skip_bad", False))
 
 
 def _unnest(split: Path) -> Path:
@@ -264,8 +234,8 @@ def _unnest(split: Path) -> Path:
 def _load_folder(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     """Your own images (docs/own_data.md): <root>/{train,test}/<class>/*, or <root>/<class>/* with a stratified test
     split drawn here; squashed to image_size, with dataset.channels channels or, when null, those of the images."""
-    size = _int_option(dataset, "image_size", 64)
-    channels, root = _ruled_option(dataset, "channels"), _ruled_option(dataset, "root")
+    size = dataset.get("image_size", 64)
+    channels, root = dataset.get("channels"), dataset.get("root")
     try:
         data = _folder_splits(Path(root).expanduser(), dataset, (size, size), cache_dir)
     except UsageError as error:
@@ -284,7 +254,7 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
     if not root.is_dir():
         raise UsageError(f"no such folder ({root.resolve()}); it must hold <class>/ folders of images, or train/<class>/ and test/<class>/")
     train, test = root / "train", root / "test"
-    skip_bad = _bool_option(dataset, "skip_bad")
+    skip_bad = dataset.get("skip_bad", False)
     folders = _class_folders(root)
     if train.is_dir() and test.is_dir():
         data = _image_folder_splits(train, test, size, cache_dir, skip_bad)
@@ -294,7 +264,7 @@ def _folder_splits(root: Path, dataset: Mapping, size: tuple[int, int], cache_di
         found, lacking = ("train", "test") if train.is_dir() else ("test", "train")
         raise UsageError(f"{root} has {found}/ but no {lacking}/: give both, each with <class>/ folders, or <class>/ folders only")
     _refuse_split_names(root, folders)
-    fraction, seed = _ruled_option(dataset, "test_fraction"), _ruled_option(dataset, "split_seed")
+    fraction, seed = dataset.get("test_fraction"), dataset.get("split_seed")
     x, y, classes, skipped, left_out = _read_image_folder(root, size, cache_dir, skip_bad)
     train_at, test_at = _stratified_split(y, classes, fraction, seed, root)
     held_out = f"held out from {root}: {fraction:g} of each class (dataset.test_fraction), drawn with dataset.split_seed={seed}"
@@ -562,12 +532,12 @@ def _save_cache(path: Path, content: dict[str, Any]) -> None:
 
 def _load_synthetic(dataset: Mapping, data_dir: Path, cache_dir: Path) -> ImageData:
     """Separable toy data: one smooth random prototype per class plus Gaussian pixel noise."""
-    n_classes = _int_option(dataset, "n_classes")
-    channels = _int_option(dataset, "channels")
-    size = _int_option(dataset, "image_size", 64)
-    train_per_class = _int_option(dataset, "train_per_class")
-    test_per_class = _int_option(dataset, "test_per_class")
-    seed = _int_option(dataset, "seed", minimum=0)
+    n_classes = dataset["n_classes"]
+    channels = dataset["channels"]
+    size = dataset.get("image_size", 64)
+    train_per_class = dataset["train_per_class"]
+    test_per_class = dataset["test_per_class"]
+    seed = dataset["seed"]
     generator = torch.Generator().manual_seed(seed)
     # Upsampled 4x4 patterns give large uniform regions, which a small CNN separates within a few steps.
     coarse = torch.rand((n_classes, channels, 4, 4), generator=generator)

@@ -23,7 +23,6 @@ import torch
 
 from aos_bench.errors import UsageError
 
-MINORITY_MODES = ("random", "first", "last")
 # Under imbalance=none a class is minority when the largest class has more than this many times its images: 1.5, the
 # lowest imbalance ratio of the KEEL repository's imbalanced data sets (docs/imbalance.md). 1 = every smaller class.
 NATURAL_RHO = 1.5
@@ -44,11 +43,6 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
     counts = torch.bincount(labels, minlength=len(classes)).tolist()
     if cfg["kind"] == "none":
         return Subset(torch.arange(len(labels)), counts, *natural_minority(counts, classes, dataset or {}))
-    if dataset is not None and dataset.get("minority_classes") is not None:
-        raise UsageError(
-            f"dataset.minority_classes is for imbalance=none (a split at its own sizes); imbalance={cfg['kind']} "
-            "makes its own minority classes: set imbalance.minority instead"
-        )
     n_max = majority_size(counts, cfg.get("n_max"))
     n_min = minority_size(n_max, cfg["rho"])
     if cfg.get("convention", "suite") == "cao2019":
@@ -57,13 +51,11 @@ def make_subset(labels: torch.Tensor, classes: Sequence[str], cfg: Mapping, data
     if cfg["kind"] == "step":
         sizes, minority = step_sizes(classes, cfg["mu"], n_min, n_max, cfg.get("minority", "random"), gen)
         rule = f"the {len(minority)} classes cut to n_min={n_min} (step imbalance, imbalance.minority={cfg.get('minority', 'random')})"
-    elif cfg["kind"] in ("linear", "exp"):
+    else:  # linear or exp: checks.RULES allows no other kind
         n = len(classes)
         profile = linear_profile(n_min, n_max, n) if cfg["kind"] == "linear" else exp_profile(n_max, cfg["rho"], n)
         sizes = ordered_sizes(profile, cfg.get("minority", "random"), gen)
         minority = [c for c, n in enumerate(sizes) if n < max(sizes)]
-    else:
-        raise UsageError(f"imbalance.kind={cfg['kind']!r} is not one of: none, step, linear, exp")
     return Subset(draw_images(labels, sizes, gen), sizes, minority, rule)
 
 
@@ -94,9 +86,7 @@ def majority_size(counts: list[int], n_max: int | None) -> int:
 
 
 def minority_size(n_max: int, rho: float) -> int:
-    """n_min = max(1, round(n_max / rho))."""
-    if not rho >= 1:
-        raise UsageError(f"imbalance.rho={rho} must be a number >= 1 (largest class size / smallest)")
+    """n_min = max(1, round(n_max / rho)), rho >= 1 (checks.RULES)."""
     return max(1, round(n_max / rho))
 
 
@@ -141,12 +131,8 @@ def exp_profile(n_max: int, rho: float, n_classes: int) -> list[int]:
 
 def cao2019_subset(labels: torch.Tensor, n_max: int, cfg: Mapping, data_seed: int) -> Subset:
     """The long-tailed subset as Cao et al.'s IMBALANCECIFAR10 draws it (class 0 largest, truncated sizes, numpy's
-    legacy shuffle seeded with data_seed): their images exactly when `labels` come in torchvision's order."""
-    if cfg["kind"] != "exp" or cfg.get("minority", "random") != "last":
-        raise UsageError(
-            f"imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
-            f"allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind={cfg['kind']} minority={cfg.get('minority')}"
-        )
+    legacy shuffle seeded with data_seed): their images exactly when `labels` come in torchvision's order; kind=exp and
+    minority=last, as checks.combination_problem requires."""
     n = int(labels.max()) + 1
     sizes = [int(n_max * (1 / cfg["rho"]) ** (i / (n - 1))) for i in range(n)]  # int() truncates, as theirs does
     shuffle = np.random.RandomState(data_seed).shuffle  # = their np.random.seed(rand_number); np.random.shuffle
@@ -159,10 +145,9 @@ def cao2019_subset(labels: torch.Tensor, n_max: int, cfg: Mapping, data_seed: in
     return Subset(torch.cat(picked), sizes, minority, "every class smaller than the largest (exp imbalance, convention cao2019)")
 
 
-def ordered_sizes(profile: list[int], minority: object, gen: torch.Generator) -> list[int]:
-    """Class sizes given by `profile` (smallest first) over the class order that `minority` picks."""
-    if not isinstance(minority, str):
-        raise UsageError(f"imbalance.minority={minority} is not one of {MINORITY_MODES} (a list is for step only)")
+def ordered_sizes(profile: list[int], minority: str, gen: torch.Generator) -> list[int]:
+    """Class sizes given by `profile` (smallest first) over the class order that `minority` (random, first or last:
+    checks.combination_problem refuses a list here) picks."""
     sizes = [0] * len(profile)
     for c, size in zip(ordered_classes(len(profile), minority, gen), profile, strict=True):
         sizes[c] = size
@@ -173,11 +158,7 @@ def ordered_classes(n_classes: int, mode: str, gen: torch.Generator) -> list[int
     """Classes from the first to be made minority to the last."""
     if mode == "random":
         return torch.randperm(n_classes, generator=gen).tolist()
-    if mode == "first":
-        return list(range(n_classes))
-    if mode == "last":
-        return list(reversed(range(n_classes)))
-    raise UsageError(f"imbalance.minority={mode!r} is not one of {MINORITY_MODES} or a list of classes")
+    return list(range(n_classes)) if mode == "first" else list(reversed(range(n_classes)))  # first or last: checks.RULES
 
 
 def class_index(name: object, classes: Sequence[str], key: str = "imbalance.minority") -> int:

@@ -7,7 +7,8 @@ A method is an entry of METHODS, a Method of optional hooks (None = the plain ch
   train.step_draws makes for both training paths, and its forms for fit() (one model) and fit_stack() (a stack);
 - `loss` replaces cross-entropy, given the training set's class counts and the fraction of steps done;
 - `adjust` turns test-time logits into the scores whose argmax is the prediction (thresholding).
-Adding a method = one function or two here, one entry in METHODS, one file in conf/method/.
+Adding a method = one function or two here and its hooks in METHODS, its Entry (display name, parameter rules,
+stacked or not) in aos_bench/registry.py, one file in conf/method/, a row in docs/methods.md (steps: docs/methods.md).
 """
 
 import functools
@@ -236,8 +237,3 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise UsageError(f"method.name={name!r} is not one of: {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def validate_method(cfg: Mapping) -> None:
-    """Check that the method exists (its values' types and ranges are in aos_bench.checks.RULES)."""
-    get_method(cfg["name"])

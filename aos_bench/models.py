@@ -1,6 +1,6 @@
 """The networks. Every model takes [0, 1] pixels and normalises them itself, so FGSM works in pixel units."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -8,8 +8,6 @@ import torchvision
 from torch import nn
 
 from aos_bench.errors import UsageError
-
-ARCHS = ("convnet", "lenet", "allcnn", "resnet18", "cifar_resnet")
 
 
 class Normalize(nn.Module):
@@ -115,9 +113,7 @@ class CosineHead(nn.Module):
 def cifar_resnet(channels: int, n_classes: int, depth: int, widths: Sequence[int], cosine_head: bool) -> nn.Sequential:
     """He et al.'s CIFAR ResNet of `depth` = 6n + 2 layers: a conv3x3 stem, three stages of n blocks at `widths`
     (the second and third halving the size), global average pooling and a linear (or cosine) head; conv and linear
-    weights Kaiming-normal, as in Cao et al.'s code. depth 32: 0.46 M parameters."""
-    if depth < 8 or (depth - 2) % 6:
-        raise UsageError(f"model.depth={depth}: allowed: 6n + 2 for a whole n >= 1 (20, 32, 44, 56, 110)")
+    weights Kaiming-normal, as in Cao et al.'s code. depth 32: 0.46 M parameters (6n + 2: registry.MODELS)."""
     blocks, c = (depth - 2) // 6, widths[0]
     layers: list[nn.Module] = [nn.Conv2d(channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
     for stage, width in enumerate(widths):
@@ -132,19 +128,20 @@ def cifar_resnet(channels: int, n_classes: int, depth: int, widths: Sequence[int
     return net
 
 
+# model.arch -> its network, given the model config, the image's channels, the classes and the image's (height, width);
+# registry.MODELS holds each one's parameters and display name
+BUILDERS: dict[str, Callable[[Mapping, int, int, tuple[int, int]], nn.Module]] = {
+    "convnet": lambda cfg, channels, n_classes, size: convnet(channels, n_classes, cfg["widths"], cfg["convs_per_stage"]),
+    "lenet": lambda cfg, channels, n_classes, size: lenet(
+        channels, n_classes, size, cfg["widths"], cfg["hidden"], cfg["pad_input"], cfg["conv_relu"]
+    ),
+    "allcnn": lambda cfg, channels, n_classes, size: allcnn(channels, n_classes, cfg["widths"], cfg["dropout"]),
+    "resnet18": lambda cfg, channels, n_classes, size: resnet18(channels, n_classes),
+    "cifar_resnet": lambda cfg, channels, n_classes, size: cifar_resnet(channels, n_classes, cfg["depth"], cfg["widths"], cfg["cosine_head"]),
+}
+
+
 def build_model(cfg: Mapping, shape: Sequence[int], n_classes: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
     """The network named by `model.arch` for images of `shape` (channels, height, width), behind its input normalisation."""
     channels, height, width = shape
-    if cfg["arch"] == "convnet":
-        net = convnet(channels, n_classes, cfg["widths"], cfg["convs_per_stage"])
-    elif cfg["arch"] == "lenet":
-        net = lenet(channels, n_classes, (height, width), cfg["widths"], cfg["hidden"], cfg["pad_input"], cfg["conv_relu"])
-    elif cfg["arch"] == "allcnn":
-        net = allcnn(channels, n_classes, cfg["widths"], cfg["dropout"])
-    elif cfg["arch"] == "resnet18":
-        net = resnet18(channels, n_classes)
-    elif cfg["arch"] == "cifar_resnet":
-        net = cifar_resnet(channels, n_classes, cfg["depth"], cfg["widths"], cfg["cosine_head"])
-    else:
-        raise UsageError(f"model.arch={cfg['arch']!r} is not one of: {', '.join(ARCHS)}")
-    return nn.Sequential(Normalize(mean, std), net)
+    return nn.Sequential(Normalize(mean, std), BUILDERS[cfg["arch"]](cfg, channels, n_classes, (height, width)))

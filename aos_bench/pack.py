@@ -21,19 +21,20 @@ from aos_bench.packfile import write_pack
 
 
 def compose_jobs(overrides: list[str]) -> list:
-    """The configs of every job that `python -m aos_bench -m <overrides>` runs: the preset's grid and the overrides."""
+    """The configs of every job that `python -m aos_bench -m <overrides>` runs (the preset's grid and the overrides),
+    each checked by checks.validate: the loaders and the imbalance trust their values."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
     from aos_bench.paths import CONFIG_DIR
-    from aos_bench.sweep import job_overrides
+    from aos_bench.sweep import check_values
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         single = [o for o in overrides if "," not in o.partition("=")[2]]  # a sweep's lists expand below
         config = compose("config", overrides=single, return_hydra_config=True)
         with open_dict(config):
             config.hydra.overrides.task = list(overrides)
-        return [compose("config", overrides=job) for job in job_overrides(config)]
+        return [cfg for _, cfg in check_values(config)]
 
 
 def pack_for(out: Path, overrides: list[str]) -> tuple[int, int]:

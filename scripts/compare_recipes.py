@@ -12,8 +12,9 @@ import argparse
 
 import pandas as pd
 
+from aos_bench.registry import display
+
 ROW = ["dataset", "mu", "rho"]
-NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "intel": "Intel"}
 
 
 def rows(path: str) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def paired(recipes: dict[str, pd.DataFrame], both: pd.DataFrame) -> str:
             row = table.merge(pd.DataFrame([key._asdict()]), on=ROW).iloc[0]
             holds = {True: "yes", False: "no"}.get(row["paper_order_holds"], "")
             lines.append(
-                f"| {NAMES.get(key.dataset, key.dataset)} | {key.mu:g} | {key.rho:g} | `{recipe}` | {row['aos_minus_ros']:+.2f} "
+                f"| {display(key.dataset)} | {key.mu:g} | {key.rho:g} | `{recipe}` | {row['aos_minus_ros']:+.2f} "
                 f"(n={row['pairs_aos_ros']:.0f}) | {row['p_aos_vs_ros']:.3f} | {row['aos_minus_base']:+.2f} (n={row['pairs_aos_base']:.0f}) | "
                 f"{row['p_aos_vs_base']:.3f} | {row['order']} | {holds} |"
             )

@@ -39,6 +39,24 @@ except SystemExit as stop:
         ("train.warmup=nan", "train.warmup=nan: a number in [0, 1]"),
         ("train.clip_norm=0", "train.clip_norm=0: a number > 0 (the gradient's largest L2 norm), or null (no clipping)"),
         ("imbalance.rho=0.5", "imbalance.rho=0.5: a number >= 1"),
+        ("imbalance=exp imbalance.rho=0.5", "imbalance.rho=0.5: a number >= 1"),
+        ("imbalance.kind=zipf", "imbalance.kind=zipf: one of: none, step, linear, exp"),
+        ("imbalance.minority=middle", "imbalance.minority=middle: one of: random, first, last, or (imbalance=step) a list"),
+        ("imbalance.minority=[0,true]", "imbalance.minority=[0, true]: one of: random, first, last"),
+        ("train.device=tpu", "train.device=tpu: one of: auto, cpu, cuda"),
+        ("dataset.name=foo", "dataset.name=foo: one of: mnist, cifar10, intel, synthetic, folder"),
+        ("dataset.image_size=0", "dataset.image_size=0: a whole number >= 1"),
+        ("dataset.channels='3'", "dataset.channels=3: one of: 1, 3"),
+        ("dataset.seed=true", "dataset.seed=true: a whole number >= 0"),
+        ("dataset.n_classes=null", "dataset.n_classes=null: a whole number >= 2"),
+        ("imbalance=linear imbalance.minority=[0,1]",
+         "imbalance.minority=[0, 1]: a list is for imbalance=step only; with imbalance=linear: one of: random, first, last"),
+        ("imbalance=exp +imbalance.convention=cao2019 imbalance.minority=first",
+         "imbalance.convention=cao2019 is Cao et al.'s long-tailed draw (class 0 largest, class N-1 smallest): "
+         "allowed with it: imbalance.kind=exp and imbalance.minority=last, not kind=exp minority=first"),
+        ("dataset=folder dataset.root=x dataset.minority_classes=[a]", "dataset.minority_classes is for imbalance=none"),
+        ("model=resnet32 model.depth=30", "model.depth=30: 6n + 2 for a whole n >= 1 (20, 32, 44, 56, 110)"),
+        ("model.arch=vgg", "model.arch=vgg: one of: convnet, lenet, allcnn, resnet18, cifar_resnet"),
         ("model.widths=[8,x]", "model.widths=[8, x]: a list of items, each a whole number >= 1"),
         ("dataset.augment.flip=maybe", "dataset.augment.flip=maybe: one of: true, false"),
         ("~seed", "seed is missing"),
@@ -46,7 +64,7 @@ except SystemExit as stop:
 )
 def test_a_bad_value_names_its_key_value_and_what_is_allowed(override, line):
     with pytest.raises(UsageError) as error:
-        validate(make_config("dataset=synthetic", override))
+        validate(make_config("dataset=synthetic", *override.split()))
     assert str(error.value).startswith(line)
 
 

@@ -26,7 +26,6 @@ from aos_bench.methods import (
     random_undersample,
     reweighted_ce,
     smote,
-    validate_method,
 )
 from aos_bench.models import build_model
 
@@ -145,8 +144,8 @@ def test_bad_method_settings_raise(overrides, message):
 
 
 def test_an_unknown_method_name_lists_the_methods():
-    with pytest.raises(UsageError, match=f"method.name='mixup' is not one of: {', '.join(METHODS)}"):
-        validate_method({"name": "mixup"})
+    with pytest.raises(UsageError, match=f"method.name=mixup: one of: {', '.join(METHODS)}"):
+        check_values(make_config("dataset=synthetic", "method.name=mixup"))
 
 
 def test_rus_cuts_every_class_to_the_smallest_without_repeats():

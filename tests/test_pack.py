@@ -32,3 +32,11 @@ def test_a_job_whose_subset_the_pack_lacks_is_refused_in_one_line(tmp_path):
     assert "\n" not in str(error.value)
     with pytest.raises(UsageError, match="was made with the dataset settings"):  # other image settings: not this pack
         prepare(make_config("dataset=synthetic", "dataset.image_size=8", "imbalance=exp", "imbalance.rho=20", f"data_dir={tmp_path}"))
+
+
+def test_a_bad_value_is_refused_in_one_line_before_any_image_is_read(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:  # imbalance trusts the value: checks.validate refuses it at the pack's door
+        pack_for(tmp_path / "synthetic_pack.npz", ["dataset=synthetic", "imbalance=exp", "imbalance.rho=0.5", f"data_dir={tmp_path}"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith("aos_bench: imbalance.rho=0.5: a number >= 1")
+    assert not (tmp_path / "synthetic_pack.npz").exists()

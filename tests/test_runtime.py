@@ -6,6 +6,7 @@ import torch
 from conftest import make_config
 
 from aos_bench import job
+from aos_bench.checks import validate
 from aos_bench.errors import UsageError
 from aos_bench.tracking import config_hash
 
@@ -57,4 +58,4 @@ def test_threads_and_determinism_count_in_the_config_hash():
 @pytest.mark.parametrize(("override", "message"), [("train.threads=0", "train.threads=0"), ("train.deterministic=maybe", "train.deterministic=maybe: one of: true, false")])
 def test_bad_threads_or_determinism_are_rejected(override, message):
     with pytest.raises(UsageError, match=message):
-        job.validate(make_config("dataset=synthetic", override))
+        validate(make_config("dataset=synthetic", override))

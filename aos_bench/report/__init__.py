@@ -6,8 +6,9 @@ writes <out>/<preset>.md, .csv, .png and _runs.csv for the sweep (an MLflow pare
 the paper's table layout, or for the presets methods, compare and aos_sensitivity the layout of aos_bench.report.studies,
 for cifar10_lt that of aos_bench.report.lt.
 
-The top floor: it picks the layout. Below it, each module imports only from the ones under it: paper and studies
-(the layouts), figures, markdown, stats, runs (reading MLflow), and aos_bench.paths at the bottom.
+The top floor: it picks the layout. Below it, each module imports only from the ones under it: lt, paper and studies
+(the layouts), pages (the header and files every page shares), figures, markdown, stats, runs (reading MLflow), and
+aos_bench.paths at the bottom.
 """
 
 import argparse

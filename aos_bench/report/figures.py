@@ -9,7 +9,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.report.markdown import NAMES, row_label, trimmed_steps
+from aos_bench.registry import display
+from aos_bench.report.markdown import row_label, trimmed_steps
 from aos_bench.report.runs import METHODS, ROW
 
 PAGE_WIDTH = 10.0  # inches: every report figure is this wide, 1200 pixels at DPI, a page's width read at 100%
@@ -62,14 +63,14 @@ def figure(
     for i, method in enumerate(METHODS):
         cell = by_cell.reindex([(*row, method) for row in rows])
         x = np.arange(len(rows)) + (i - 1) * width
-        left.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=3, label=NAMES[method])
+        left.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=3, label=display(method))
         for position, row in zip(x, rows, strict=True):
             seeds = runs.merge(pd.DataFrame([dict(zip(ROW, row, strict=True), method=method)]), on=[*ROW, "method"])["f1"]
             left.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=4, label=None)
         if table["paper"].notna().any():
             left.plot(x, cell["paper"], **PAPER_MARK, label="paper" if i == 0 else None)
         per_class_f1 = classes[classes["method"] == method].set_index("class").reindex(names)["f1"]
-        right.bar(np.arange(len(names)) + (i - 1) * width, per_class_f1, width, label=NAMES[method])
+        right.bar(np.arange(len(names)) + (i - 1) * width, per_class_f1, width, label=display(method))
     left.set(xticks=range(len(rows)), ylabel="test macro-F1 (%)")
     left.set_title(titles[0], fontsize=10, pad=22)  # room for the legend between title and axes
     left.set_xticklabels([row_label(*row) for row in rows], rotation=20, ha="right")

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 
 from aos_bench.paths import PUBLISHED
+from aos_bench.registry import display
 from aos_bench.report.figures import PAGE_WIDTH, PAPER_MARK, mark_trimmed
-from aos_bench.report.markdown import NAMES, markdown_table
-from aos_bench.report.studies import header, later_sweeps_win, method_order, one_run_each, write_files
+from aos_bench.report.markdown import markdown_table
+from aos_bench.report.pages import header, write_files
+from aos_bench.report.studies import later_sweeps_win, method_order, one_run_each
 
 CELL = ["rho", "method"]  # one cell of the table: the dataset and its imbalance kind are the preset's
 GOAL = {"base": 1.5, "ldam_drw": 1.5}  # points of top-1 from the first published figure at rho = 100 (the benchmark's check)
@@ -51,7 +53,7 @@ def lt_table(cells: pd.DataFrame, figures: pd.DataFrame, methods: Sequence[str],
     by_cell = cells.set_index(CELL)
     lines = []
     for method in methods:
-        line = {"method": NAMES.get(method, method)}
+        line = {"method": display(method)}
         for rho in rhos:
             cell = by_cell.loc[(rho, method)] if (rho, method) in by_cell.index else None
             line[f"top-1 rho={rho:g}"] = "" if cell is None else f"{mean_std(cell['top1'], cell['top1_std'])} ({int(cell['seeds'])})"
@@ -70,13 +72,13 @@ def goal_lines(cells: pd.DataFrame) -> str:
     lines = []
     for method, points in GOAL.items():
         if (100, method) not in by_cell.index or pd.isna(by_cell.loc[(100, method), "published"]):
-            lines.append(f"- {NAMES.get(method, method)} at rho = 100: not run")
+            lines.append(f"- {display(method)} at rho = 100: not run")
             continue
         cell = by_cell.loc[(100, method)]
         held = abs(cell["minus_published"]) <= points and cell["seeds"] >= 3
         verdict = "held" if held else ("NOT held" if cell["seeds"] >= 3 else f"not judged ({int(cell['seeds'])} seed(s), goal needs 3)")
         lines.append(
-            f"- {NAMES.get(method, method)} at rho = 100: {cell['top1']:.2f} over {int(cell['seeds'])} seed(s) against "
+            f"- {display(method)} at rho = 100: {cell['top1']:.2f} over {int(cell['seeds'])} seed(s) against "
             f"{cell['published']:.2f} published, {cell['minus_published']:+.2f} points (goal: within {points:g}): {verdict}"
         )
     return "\n".join(lines)
@@ -89,8 +91,8 @@ def ordering_lines(cells: pd.DataFrame, rhos: Sequence[float]) -> str:
         both = cells[(cells["rho"] == rho) & cells["published"].notna()]
         if len(both) < 2:
             continue
-        ours = " > ".join(NAMES.get(m, m) for m in both.sort_values("top1", ascending=False)["method"])
-        theirs = " > ".join(NAMES.get(m, m) for m in both.sort_values("published", ascending=False)["method"])
+        ours = " > ".join(display(m) for m in both.sort_values("top1", ascending=False)["method"])
+        theirs = " > ".join(display(m) for m in both.sort_values("published", ascending=False)["method"])
         agree = ours == theirs
         lines.append(f"- rho = {rho:g}: ours {ours}; published {theirs}{' (the same order)' if agree else ''}")
     return "\n".join(lines) or "- none: fewer than two methods with a published figure in a row"
@@ -104,7 +106,7 @@ def lt_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[str], r
     for i, method in enumerate(methods):
         cell = by_cell.reindex([(rho, method) for rho in rhos])
         x = np.arange(len(rhos)) + (i - (len(methods) - 1) / 2) * width
-        axis.bar(x, cell["top1"], width, yerr=cell["top1_std"].fillna(0), capsize=2, label=NAMES.get(method, method))
+        axis.bar(x, cell["top1"], width, yerr=cell["top1_std"].fillna(0), capsize=2, label=display(method))
         for position, rho in zip(x, rhos, strict=True):
             seeds = runs[(runs["rho"] == rho) & (runs["method"] == method)]["accuracy"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)

@@ -5,13 +5,9 @@ from collections.abc import Sequence
 import mlflow
 import pandas as pd
 
+from aos_bench.registry import display
 from aos_bench.report.runs import ENV, unfinished
 
-NAMES = {
-    "mnist": "MNIST", "cifar10": "CIFAR-10", "intel": "Intel", "base": "BASE", "ros": "ROS", "aos": "AOS", "rus": "RUS",
-    "smote": "SMOTE", "reweight": "Reweight", "focal": "Focal", "ldam_drw": "LDAM-DRW",
-    "balanced_softmax": "Bal. softmax", "threshold": "Threshold",
-}
 JOB_SETTINGS = ["dataset.name", "imbalance.kind", "imbalance.mu", "method.name", "method.eps", "method.p", "seed"]
 
 
@@ -29,7 +25,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def row_label(dataset: str, mu: float, rho: float) -> str:
     """'MNIST mu=0.3 rho=500'; 'folder' for a row without imbalance settings."""
-    return f"{NAMES.get(dataset, dataset)}{settings_text(mu, rho)}"
+    return f"{display(dataset)}{settings_text(mu, rho)}"
 
 
 def settings_text(mu: float, rho: float) -> str:

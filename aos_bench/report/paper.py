@@ -4,16 +4,17 @@ and BASE seed by seed, the noise floor of a sweep run under several thread count
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib.pyplot as plt  # the backend: set in aos_bench/report/__init__.py
 import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.paths import PAPER, report_files
-from aos_bench.report.figures import DPI, figure, mark_trimmed, per_class, per_class_row
-from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, row_label, trimmed_note
-from aos_bench.report.runs import METHODS, ROW, env_columns, one_table, per_seed
-from aos_bench.report.stats import DIFFERENCES, noise, noise_of_differences, sign_flip_p
+from aos_bench.paths import PAPER
+from aos_bench.registry import display
+from aos_bench.report.figures import figure, mark_trimmed, per_class, per_class_row
+from aos_bench.report.markdown import fmt, markdown_table, row_label, trimmed_note
+from aos_bench.report.pages import header, write_files
+from aos_bench.report.runs import METHODS, ROW, one_table, per_seed
+from aos_bench.report.stats import DIFFERENCES, noise, noise_of_differences, paired
 
 
 def paper_values() -> pd.DataFrame:
@@ -82,7 +83,7 @@ def ordering(means: Mapping[str, float]) -> str:
     """The methods from best to worst F1, e.g. 'AOS > ROS > BASE'; empty unless all three have a value."""
     if not all(pd.notna(means.get(method)) for method in METHODS):
         return ""
-    return " > ".join(NAMES[m] for m in sorted(METHODS, key=lambda m: -means[m]))
+    return " > ".join(display(m) for m in sorted(METHODS, key=lambda m: -means[m]))
 
 
 def comparisons(runs: pd.DataFrame, table: pd.DataFrame, spread: pd.DataFrame) -> pd.DataFrame:
@@ -95,11 +96,7 @@ def comparisons(runs: pd.DataFrame, table: pd.DataFrame, spread: pd.DataFrame) -
         line = dict(zip(ROW, key, strict=True))
         by_seed = runs.merge(pd.DataFrame([line]), on=ROW).pivot(index="seed", columns="method", values="f1")
         for other in ("ros", "base"):
-            both = by_seed.reindex(columns=["aos", other]).dropna()
-            diffs = (both["aos"] - both[other]).to_numpy()
-            line[f"aos_minus_{other}"] = diffs.mean() if len(diffs) else np.nan
-            line[f"p_aos_vs_{other}"] = sign_flip_p(diffs)
-            line[f"pairs_aos_{other}"] = len(diffs)
+            line[f"aos_minus_{other}"], line[f"p_aos_vs_{other}"], line[f"pairs_aos_{other}"] = paired(by_seed, "aos", other)
         line["order"] = ordering(dict(zip(row["method"], row["mean"], strict=True)))
         line["paper_order"] = ordering(dict(zip(row["method"], row["paper"], strict=True)))
         line["paper_order_holds"] = line["order"] == line["paper_order"] if line["order"] and line["paper_order"] else None
@@ -140,9 +137,9 @@ def noise_section(spread: pd.DataFrame, differences: pd.DataFrame) -> str:
         return ""
     floor = pd.DataFrame(
         {
-            "dataset": spread["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": spread["dataset"].map(display),
             "mu": fmt("g", spread["mu"]),
-            "method": spread["method"].map(NAMES),
+            "method": spread["method"].map(display),
             "seeds": spread["seeds"],
             "within-seed spread (std over thread counts)": fmt(".2f", spread["within"]),
             "between-seed spread (std over seeds)": fmt(".2f", spread["between"]),
@@ -154,7 +151,7 @@ def noise_section(spread: pd.DataFrame, differences: pd.DataFrame) -> str:
     stacking = ", and both alone and in a stack of models (hydra/launcher=stacked: a float order too)" if "stacked_gap" in spread else ""
     needed = pd.DataFrame(
         {
-            "dataset": differences["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": differences["dataset"].map(display),
             "mu": fmt("g", differences["mu"]),
             "std of AOS − ROS over seeds": fmt(".2f", differences["sd"]),
             **{f"seeds for {d} points": differences[f"seeds_{d}"] for d in DIFFERENCES},
@@ -185,11 +182,11 @@ def markdown(
     (markdown.trimmed_note) marks a page of trimmed runs at its top, and leaves out p-values and orderings."""
     f1 = pd.DataFrame(
         {
-            "dataset": table["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": table["dataset"].map(display),
             "mu": fmt("g", table["mu"]),
             "rho": fmt("g", table["rho"]),
             "eps": fmt("g", table["eps"]),
-            "method": table["method"].map(NAMES),
+            "method": table["method"].map(display),
             "F1 mean": fmt(".2f", table["mean"]),
             "F1 std": fmt(".2f", table["std"]),
             "seeds": fmt(".0f", table["seeds"]),
@@ -201,7 +198,7 @@ def markdown(
     )
     paired = pd.DataFrame(
         {
-            "dataset": pairs["dataset"].map(lambda d: NAMES.get(d, d)),
+            "dataset": pairs["dataset"].map(display),
             "mu": fmt("g", pairs["mu"]),
             "rho": fmt("g", pairs["rho"]),
             "AOS − ROS": paired_cells(pairs["aos_minus_ros"], pairs["pairs_aos_ros"]),
@@ -219,7 +216,7 @@ def markdown(
     tests = """Mean difference of F1 (percentage points) over the seeds both methods ran (each seed = the same imbalanced subset
 for every method), and the two-sided p-value of an exact sign-flip permutation test of a zero mean difference.
 With n seeds no p-value can fall below 2 / 2^n (0.0625 for 5 seeds): add seeds for a stronger test."""
-    agreed, mark = agreement(table, pairs), f"**{trimmed}.**\n\n" if trimmed else ""
+    agreed = agreement(table, pairs)
     if trimmed:  # means only: a few steps support no test and no ordering
         paired = paired.drop(columns=["p (vs ROS)", "p (vs BASE)", "ours: best to worst", "paper's order holds"], errors="ignore")
         tests = "Mean difference of F1 (percentage points) over the seeds both methods ran; no p-value and no ordering: trimmed runs."
@@ -233,11 +230,7 @@ With n seeds no p-value can fall below 2 / 2^n (0.0625 for 5 seeds): add seeds f
         if tables
         else "no paper values: no row of this sweep was run at a setting of the paper's tables."
     )
-    return f"""# {name}: test macro-F1 (%) per method, mean and standard deviation over seeds
-
-{mark}Generated by `python -m aos_bench.report` from MLflow: preset `{parents[0].data.tags.get("preset")}`, {len(runs)} FINISHED runs read back;
-- {environment(runs)};
-{provenance(parents)}{missing_jobs(parents)}
+    return f"""{header(name, "test macro-F1 (%) per method, mean and standard deviation over seeds", parents, runs)}
 - {source}
 - step imbalance: mu = fraction of minority classes, rho = largest / smallest class size, eps = AOS's FGSM step;
   `steps/run` = optimizer steps of each run (equal for the methods of a row, else flagged in `note`).
@@ -264,16 +257,10 @@ def write_paper(
     pairs, trimmed = comparisons(seeds, table, spread), trimmed_note(runs)
     pairs = unranked(pairs) if trimmed else pairs
     extra = noise_section(spread, noise_of_differences(runs)) if not spread.empty else ""
-    paths = report_files(out, name)
-    out.mkdir(parents=True, exist_ok=True)
-    paths[0].write_text(markdown(name, parents, table, pairs, runs, extra, trimmed))
-    table.merge(pairs, on=ROW).to_csv(paths[1], index=False, float_format="%.6g")
-    run_columns = [*ROW, "eps", "method", "seed", "f1", "steps", "recipe", *env_columns(runs)]
-    runs.sort_values([*ROW, "method", "seed"])[run_columns].to_csv(paths[3], index=False, float_format="%.6g")
     chosen = per_class_row(table, row)
     classes, minority, seed = per_class(runs, chosen)
     titles = (f"{name}: mean ± std over seeds", f"per class (* = minority)\n{row_label(*chosen)}, seed {seed}")
     fig = mark_trimmed(figure(table, runs, classes, minority, titles), runs)
-    fig.savefig(paths[2], dpi=DPI)
-    plt.close(fig)
-    return paths
+    text = markdown(name, parents, table, pairs, runs, extra, trimmed)
+    columns = [*ROW, "eps", "method", "seed", "f1", "steps"]
+    return write_files(out, name, text, table.merge(pairs, on=ROW), fig, runs, columns, order=[*ROW, "method", "seed"])

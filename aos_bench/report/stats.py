@@ -20,6 +20,14 @@ def sign_flip_p(diffs: np.ndarray) -> float:
     return float(stats.permutation_test((diffs,), np.mean, permutation_type="samples", n_resamples=resamples, rng=0).pvalue)
 
 
+def paired(by_seed: pd.DataFrame, method: str, reference: str) -> tuple[float, float, int]:
+    """`method` − `reference` over the seeds both ran (`by_seed`: a line per seed, a column per method): the mean
+    difference, its sign-flip p-value and the number of pairs."""
+    both = by_seed.reindex(columns=[method, reference]).dropna()
+    diffs = (both[method] - both[reference]).to_numpy()
+    return (diffs.mean() if len(diffs) else np.nan), sign_flip_p(diffs), len(diffs)
+
+
 def seeds_needed(sd: float, difference: float) -> int:
     """Seeds for a paired test to find `difference` with paired-difference sd `sd` (5% two-sided, 80% power), at least 6.
 

@@ -12,11 +12,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from aos_bench.paths import PAPER, report_files
-from aos_bench.report.figures import DPI, PAGE_WIDTH, mark_trimmed
-from aos_bench.report.markdown import NAMES, environment, fmt, markdown_table, missing_jobs, provenance, settings_text, trimmed_note
-from aos_bench.report.runs import env_columns
-from aos_bench.report.stats import sign_flip_p
+from aos_bench import registry
+from aos_bench.paths import PAPER
+from aos_bench.registry import display
+from aos_bench.report.figures import PAGE_WIDTH, mark_trimmed
+from aos_bench.report.markdown import fmt, markdown_table, settings_text
+from aos_bench.report.pages import header, write_files
+from aos_bench.report.stats import paired
 
 STUDY_ROW = ["dataset", "imbalance", "mu", "rho"]  # a row of the methods table: the exp row has no mu
 REFERENCE = "aos"  # every method is tested against AOS
@@ -43,7 +45,7 @@ def later_sweeps_win(runs: pd.DataFrame, parents: Sequence[mlflow.entities.Run],
         return runs, ""
     left = runs[~kept]
     cells = left.groupby([*STUDY_ROW, "method"], dropna=False).size().index
-    named = "; ".join(f"{NAMES.get(cell[-1], cell[-1])} {study_row_label(*cell[:-1])}" for cell in cells)
+    named = "; ".join(f"{display(cell[-1])} {study_row_label(*cell[:-1])}" for cell in cells)
     several = runs.groupby(job, dropna=False)["sweep"].transform("nunique") > 1
     by = ", ".join(f"`{sweep}`" for sweep in runs.loc[kept & several, "sweep"].unique())
     return runs[kept], f"\n- **{len(left)} runs of an earlier sweep left out: the later sweep {by} ran the same jobs** ({named});"
@@ -51,13 +53,13 @@ def later_sweeps_win(runs: pd.DataFrame, parents: Sequence[mlflow.entities.Run],
 
 def method_order(methods: Sequence[str]) -> list[str]:
     """The methods present, in the suite's order (the paper's three first), unknown names last."""
-    known = [m for m in NAMES if m in set(methods)]
+    known = [m for m in registry.METHODS if m in set(methods)]
     return known + sorted(set(methods) - set(known))
 
 
 def study_row_label(dataset: str, imbalance: str, mu: float, rho: float) -> str:
     """'MNIST step mu=0.3 rho=500', 'CIFAR-10 exp rho=100', 'folder none' (its own class sizes)."""
-    return f"{NAMES.get(dataset, dataset)} {imbalance}{settings_text(mu, rho)}"
+    return f"{display(dataset)} {imbalance}{settings_text(mu, rho)}"
 
 
 def method_cells(runs: pd.DataFrame) -> pd.DataFrame:
@@ -78,11 +80,8 @@ def against_reference(runs: pd.DataFrame) -> pd.DataFrame:
     for key, row in runs.groupby(STUDY_ROW, dropna=False, sort=False):
         by_seed = row.pivot(index="seed", columns="method", values="f1")
         for method in by_seed.columns.drop(REFERENCE, errors="ignore"):
-            both = by_seed.reindex(columns=[method, REFERENCE]).dropna()
-            diffs = (both[method] - both[REFERENCE]).to_numpy()
-            mean = diffs.mean() if len(diffs) else np.nan
-            test = {"method": method, "minus_aos": mean, "p_vs_aos": sign_flip_p(diffs), "pairs": len(diffs)}
-            lines.append({**dict(zip(STUDY_ROW, key, strict=True)), **test})
+            mean, p, pairs = paired(by_seed, method, REFERENCE)
+            lines.append({**dict(zip(STUDY_ROW, key, strict=True)), "method": method, "minus_aos": mean, "p_vs_aos": p, "pairs": pairs})
     return pd.DataFrame(lines, columns=[*STUDY_ROW, "method", "minus_aos", "p_vs_aos", "pairs"])
 
 
@@ -101,13 +100,13 @@ def wide_table(cells: pd.DataFrame, tests: pd.DataFrame, methods: Sequence[str],
     f1, minority, paired = [], [], []
     for row in rows:
         label = {"row": study_row_label(*row)}
-        f1.append(label | {NAMES.get(m, m): f1_text(by_cell, (*row, m)) for m in methods})
-        minority.append(label | {NAMES.get(m, m): minority_text(by_cell, (*row, m)) for m in methods})
-        paired.append(label | {NAMES.get(m, m): paired_text(by_test, (*row, m)) for m in methods if m != REFERENCE})
+        f1.append(label | {display(m): f1_text(by_cell, (*row, m)) for m in methods})
+        minority.append(label | {display(m): minority_text(by_cell, (*row, m)) for m in methods})
+        paired.append(label | {display(m): paired_text(by_test, (*row, m)) for m in methods if m != REFERENCE})
     ranks = cells.groupby("method")[["rank", "minority_rank"]].mean()
     if ranks.notna().any(axis=None):  # not for trimmed runs (unranked)
-        f1.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'rank']:.2f}" for m in methods})
-        minority.append({"row": "mean rank"} | {NAMES.get(m, m): f"{ranks.loc[m, 'minority_rank']:.2f}" for m in methods})
+        f1.append({"row": "mean rank"} | {display(m): f"{ranks.loc[m, 'rank']:.2f}" for m in methods})
+        minority.append({"row": "mean rank"} | {display(m): f"{ranks.loc[m, 'minority_rank']:.2f}" for m in methods})
     return markdown_table(pd.DataFrame(f1)), markdown_table(pd.DataFrame(minority)), markdown_table(pd.DataFrame(paired))
 
 
@@ -157,7 +156,7 @@ def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[st
     for i, method in enumerate(methods):
         cell = by_cell.reindex([(*row, method) for row in rows])
         x = np.arange(len(rows)) + (i - (len(methods) - 1) / 2) * width
-        axis.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=2, label=NAMES.get(method, method))
+        axis.bar(x, cell["mean"], width, yerr=cell["std"].fillna(0), capsize=2, label=display(method))
         for position, row in zip(x, rows, strict=True):
             seeds = runs.merge(pd.DataFrame([dict(zip(STUDY_ROW, row, strict=True), method=method)]), on=[*STUDY_ROW, "method"])["f1"]
             axis.plot([position] * len(seeds), seeds, ".", color="0.25", markersize=3)
@@ -175,16 +174,6 @@ def methods_figure(cells: pd.DataFrame, runs: pd.DataFrame, methods: Sequence[st
     return fig
 
 
-def header(name: str, title: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame, replaced: str = "") -> str:
-    """The page's title and where its numbers come from, the runs a later sweep replaced, and the sweep's jobs that are not in it."""
-    mark = f"**{note}.**\n\n" if (note := trimmed_note(runs)) else ""
-    return f"""# {name}: {title}
-
-{mark}Generated by `python -m aos_bench.report` from MLflow: preset `{parents[0].data.tags.get("preset")}`, {len(runs)} FINISHED runs read back;
-- {environment(runs)};
-{provenance(parents)}{replaced}{missing_jobs(parents)}"""
-
-
 def write_methods(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.DataFrame, sweeps: str, out: Path) -> list[Path]:
     """The methods study: one column per method (mean ± std and rank per row) and each method tested against AOS."""
     runs, replaced = later_sweeps_win(runs, parents, [*STUDY_ROW, "method", "seed"])
@@ -197,7 +186,7 @@ def write_methods(name: str, parents: Sequence[mlflow.entities.Run], runs: pd.Da
     unequal = "" if (steps <= 1).all() else "\n**Optimizer steps differ between the methods of a row**: see `_runs.csv`.\n"
     tuned = cells[cells["lr_scale"] != 1]
     if not tuned.empty:  # no reader may take a tuned cell for one at the recipe's settings
-        scales = ", ".join(f"{NAMES.get(m, m)} {s:g} x" for m, s in tuned.groupby("method")["lr_scale"].max().items())
+        scales = ", ".join(f"{display(m)} {s:g} x" for m, s in tuned.groupby("method")["lr_scale"].max().items())
         unequal += (f"\n**{TUNED.strip()} trained at its method's own learning rate** ({scales} the recipe's `train.lr`: "
                     "`method.lr_scale`, conf/method/; why: results/README.md); every other cell at the recipe's.\n")
     ranked = "" if trimmed else " (rank in the row)"
@@ -227,21 +216,6 @@ Mean difference of F1 (percentage points), method − AOS, over the seeds both r
     table = cells.merge(tests, on=[*STUDY_ROW, "method"], how="left")
     figure = mark_trimmed(methods_figure(cells, runs, methods, rows, f"{name}: mean ± std over seeds, dots: runs"), runs)
     return write_files(out, name, text, table, figure, runs, [*STUDY_ROW, "method", "seed", "f1", "f1_minority", "steps", "lr_scale"])
-
-
-def write_files(
-    out: Path, name: str, text: str, table: pd.DataFrame, figure: plt.Figure, runs: pd.DataFrame, columns: Sequence[str]
-) -> list[Path]:
-    """<out>/<name>.md, .csv (`table`), .png (`figure`) and _runs.csv (one line per run); returns the four paths."""
-    paths = report_files(out, name)
-    out.mkdir(parents=True, exist_ok=True)
-    paths[0].write_text(text)
-    table.to_csv(paths[1], index=False, float_format="%.6g")
-    figure.savefig(paths[2], dpi=DPI)
-    plt.close(figure)
-    ordered = runs.sort_values(list(columns[: list(columns).index("seed") + 1]))
-    ordered[[*columns, "recipe", *env_columns(runs)]].to_csv(paths[3], index=False, float_format="%.6g")
-    return paths
 
 
 def paper_eps(dataset: str, mu: float, rho: float) -> float | None:
