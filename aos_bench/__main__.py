@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from aos_bench.checks import hydra_error_line, validate
 from aos_bench.errors import StoreFailed, UsageError, reject
 from aos_bench.paths import CONFIG_DIR
-from aos_bench.store import require_reachable, tracking_key, tracking_uri
+from aos_bench.store import tracking_key, tracking_uri
 from aos_bench.sweep import jobs_in_process
 
 log = logging.getLogger("aos_bench")
@@ -32,12 +32,10 @@ def main(cfg: DictConfig) -> float:
     log.info("loading %s", data_source(cfg))  # at once: the imports below and the decoding take seconds
     single = HydraConfig.get().mode == RunMode.RUN
     uri, key = tracking_uri(cfg.tracking), tracking_key(cfg.tracking)
-    if single:  # a multirun checks the server once, in its launching process (aos_bench.sweep)
-        require_reachable(uri, key)  # before the imports below (torch, MLflow: 5-10 s), where MLflow's retries take minutes
     from aos_bench.job import run
     from aos_bench.tracking import STORE_ERRORS, Terminated, require_scheme, store_failure
 
-    if single:
+    if single:  # its server was checked before Hydra wrote anything (SweepTracking.on_run_start); a multirun's in on_multirun_start
         require_scheme(uri, key)
     interactive = single and sys.stderr.isatty()
     in_process = single or jobs_in_process(HydraConfig.get().launcher)  # this process runs the sweep too

@@ -13,12 +13,10 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aos_bench.credentials import NO_CREDENTIALS, holds_credentials
 from aos_bench.errors import UsageError
 from aos_bench.paths import is_plain_name
 
-USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # `scheme://user[:password]@`: credentials in a URL
-CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic-auth credentials
-NO_CREDENTIALS = f"a URI with no user or password in it (set {CREDENTIALS} instead)"
 
 
 @dataclass(frozen=True)
@@ -74,11 +72,6 @@ def flag() -> Rule:
 def text(nullable: str = "") -> Rule:
     """A non-empty string; `nullable` says what null means where null is allowed."""
     return Rule("a non-empty text" + (f", or null ({nullable})" if nullable else ""), lambda v: (bool(nullable) and v is None) or (isinstance(v, str) and v != ""))
-
-
-def holds_credentials(uri: str) -> bool:
-    """Whether a URI names a user or password (`http://alice:secret@host:5000`), which params and logs would keep."""
-    return USERINFO.match(uri) is not None
 
 
 def secret_free_uri(nullable: str) -> Rule:

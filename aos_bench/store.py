@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from aos_bench.checks import CREDENTIALS, NO_CREDENTIALS, holds_credentials
+from aos_bench.credentials import CREDENTIALS, NO_CREDENTIALS, holds_credentials
 from aos_bench.errors import reject
 
 SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before any job starts (MLflow's client retries for minutes)
@@ -72,7 +72,14 @@ def credentials() -> tuple[str | None, str | None]:
         parser.read(path)
         from_file = parser["mlflow"] if "mlflow" in parser else {}
     names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    user, password = (os.environ.get(name) or from_file.get(name.lower()) for name in names)
+    try:
+        user, password = (os.environ.get(name) or from_file.get(name.lower()) for name in names)
+    except configparser.Error as error:  # its message quotes the value: the password
+        reject(f"{path}: cannot be read as MLflow reads it ({type(error).__name__}); write each % of a value as %%")
+    if password and not password.isascii():  # the server decodes basic auth as ASCII on its artifact routes: every upload fails
+        source = names[1] if os.environ.get(names[1]) else f"{path} (mlflow_tracking_password)"
+        reject(f"{source}: the password holds characters outside ASCII, which the MLflow server refuses on its artifact "
+               "routes (HTTP 401); allowed: a password of ASCII characters")  # fmt: skip
     return user, password
 
 

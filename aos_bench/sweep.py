@@ -201,11 +201,14 @@ class SweepTracking(Callback):
         self.report = report
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """A single run: check its values before Hydra writes them into the run's output dir (so a URI's password never lands there)."""
+        """A single run: check its values and its tracking server before Hydra writes its output dir (so a URI's password
+        never lands there, and a run whose server refuses it leaves nothing behind)."""
         try:
             validate(config)
         except UsageError as error:
             reject(str(error))
+        uri, key = tracking_uri(config.tracking), tracking_key(config.tracking)
+        require_reachable(uri, key)  # seconds, before torch and MLflow
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id.
