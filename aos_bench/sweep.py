@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from aos_bench.checks import hydra_error_line, override_key, stack_problem, validate
 from aos_bench.errors import UsageError, reject
 from aos_bench.progress import watch
-from aos_bench.store import require_reachable, tracking_key, tracking_uri
+from aos_bench.store import require_reachable, require_writable, tracking_key, tracking_uri, unwritable_hint
 
 if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
     import mlflow
@@ -89,6 +89,8 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     client.update_run(run_id, status="RUNNING")
     for name, value in tags.items():
         client.set_tag(run_id, name, value)
+    if "error" in last[0].data.tags:  # why the last launch stopped: no longer true of a sweep that runs again
+        client.delete_tag(run_id, "error")
     close_orphans(client, experiment_id, run_id)
     log.info("resuming sweep %s: its jobs with a FINISHED run are skipped (force=true reruns them all)", run_id)
     return run_id
@@ -106,13 +108,14 @@ def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, job
     """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when this process got a
     signal (`stopped`, or a KILLED job run when jobs run in this process), else FAILED: a job failed, or a job in
     another process was stopped (scancel, a preemption) while the sweep itself was not. A store that fails here gets
-    one line (key: where uri was set)."""
+    one line (key: where uri was set), unless it cannot be written: the line that stopped the sweep said so already."""
     try:
         close_stopped(uri, run_id, stopped, jobs_in_process)
     except Exception as error:  # at exit, where a traceback would follow the line that said what stopped the sweep
         from aos_bench.tracking import store_failure
 
-        print(f"aos_bench: {store_failure(uri, key, f'end the stopped sweep {run_id}', error)}", file=sys.stderr)
+        if unwritable_hint(error, uri) is None:  # a full, read-only or locked store stopped the job or the parent's end
+            print(f"aos_bench: {store_failure(uri, key, f'end the stopped sweep {run_id}', error)}", file=sys.stderr)
 
 
 def close_stopped(uri: str, run_id: str, stopped: list[str] | None, jobs_in_process: bool) -> None:
@@ -202,19 +205,21 @@ class SweepTracking(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A single run: check its values and its tracking server before Hydra writes its output dir (so a URI's password
-        never lands there, and a run whose server refuses it leaves nothing behind)."""
+        never lands there, and a run that cannot be tracked leaves nothing behind)."""
         try:
             validate(config)
         except UsageError as error:
             reject(str(error))
         uri, key = tracking_uri(config.tracking), tracking_key(config.tracking)
         require_reachable(uri, key)  # seconds, before torch and MLflow
+        require_writable(uri, key)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id.
         Any failure stops the command with one line: Hydra would turn it into a warning and run every job untracked."""
         self.uri, self.key = tracking_uri(config.tracking), tracking_key(config.tracking)
         require_reachable(self.uri, self.key)  # first: seconds, before torch and MLflow are imported
+        require_writable(self.uri, self.key)
         jobs = check_values(config)
         from aos_bench.tracking import SWEEP_ENV, ensure_experiment, require_scheme, store_failure
 

@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import sqlalchemy
 from omegaconf import DictConfig, OmegaConf
 
 from aos_bench.errors import StoreFailed, reject
-from aos_bench.store import creation_lock, require_reachable, sqlite_path, tracking_key, tracking_uri
+from aos_bench.store import creation_lock, require_reachable, sqlite_path, tracking_key, tracking_uri, unwritable_hint
 
 ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` tag (MLflow caps tag values)
 SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_bench.sweep to every job process
@@ -25,6 +26,9 @@ NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: a training experiment, not GenAI
 UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"  # the page of an experiment's training runs (MLflow 3.x)
 
+
+# MLflow logs the traceback of every SQLAlchemy error it raises (80 lines for a full disk); store_failure says it in one
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 # What a failing store raises: MLflow's own errors, an SQLite store's bare SQLAlchemy ones, a server's connection errors
 STORE_ERRORS = (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, requests.exceptions.RequestException)
@@ -87,7 +91,10 @@ def require_server(uri: str, key: str) -> None:
 
 
 def store_failure(uri: str, key: str, what: str, error: BaseException) -> str:
-    """The one line that says what failed on the store at uri: `tracking.uri=<uri>: could not <what> (<error>)`."""
+    """The one line that says what failed on the store at uri: `tracking.uri=<uri>: could not <what> (<error>)`, or,
+    when it could not be written, `...: could not <what>: <what to free or fix>`."""
+    if (hint := unwritable_hint(error, uri)) is not None:
+        return f"{key}={uri}: could not {what}: {hint}"
     first = (str(error).strip().splitlines() or [""])[0][:300]  # SQLAlchemy appends its SQL and a help link below
     return f"{key}={uri}: could not {what} ({type(error).__name__}: {first})"
 

@@ -2,11 +2,13 @@
 and a killed cache write leaves no half file."""
 
 import contextlib
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -15,6 +17,7 @@ import torch
 from conftest import ROOT, make_config
 from omegaconf import OmegaConf
 from test_data import intel_cfg, write_image_folder
+from test_sweep import copy_store, empty_store  # noqa: F401 (empty_store: a fixture)
 
 from aos_bench import data, job
 from aos_bench.errors import Diverged, UsageError
@@ -141,3 +144,88 @@ def toy_intel(tmp_path: Path) -> Path:
     for split, per_class in (("seg_train", 4), ("seg_test", 2)):
         write_image_folder(tmp_path / "data" / "intel" / split, ["a", "b", "c"], per_class, 8, 8)
     return tmp_path / "data"
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of 24 MB at tmp_path/disk, to fill or to remount read-only (mount needs root: skips, saying so, without)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(folder)]).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the disk that holds folder to its last byte; the file that fills it."""
+    filler = folder / "filler"
+    with open(filler, "wb") as file, contextlib.suppress(OSError):  # ENOSPC, at a write or at the close's flush
+        while True:
+            file.write(bytes(2**20))
+            file.flush()
+    return filler
+
+
+def aos_bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m aos_bench ARGS` started in tmp_path, its Hydra output dirs under tmp_path/out."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "aos_bench", *args, f"hydra.run.dir={tmp_path}/out/run", f"hydra.sweep.dir={tmp_path}/out/multirun"]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("fault", ["read-only folder", "read-only store", "full disk", "locked store"])
+def test_a_store_that_cannot_be_written_stops_a_run_and_a_sweep_in_one_line_before_anything(tmp_path, disk, empty_store, fault):
+    uri = copy_store(empty_store, disk / "mlruns") if fault != "read-only folder" else f"sqlite:///{disk}/new/mlflow.db"
+    with contextlib.ExitStack() as mended:
+        if fault.startswith("read-only"):
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+            mended.callback(subprocess.run, ["mount", "-o", "remount,rw", str(disk)], check=True)
+        elif fault == "full disk":
+            mended.callback(fill(disk).unlink)
+        else:  # another process (a long write, a stuck sqlite3 shell) holds the store's exclusive lock
+            locker = sqlite3.connect(uri.removeprefix("sqlite:///"), isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
+            mended.callback(locker.close)
+        results = [aos_bench(tmp_path, *mode, "dataset=synthetic", "train=smoke", f"tracking.uri={uri}") for mode in ([], ["-m", "seed=0,1"])]
+    writable = "make it writable or set tracking.uri to a place that is"
+    hint = {"read-only folder": f"{disk}/new cannot be written (read-only); {writable}",
+            "read-only store": f"{disk}/mlruns cannot be written (read-only); {writable}",
+            "full disk": f"the disk that holds {disk}/mlruns is full; free space there",
+            "locked store": f"another process holds the write lock of {disk}/mlruns/mlflow.db (`fuser` names it); let it finish or stop it"}[fault]  # fmt: skip
+    for result in results:
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"aos_bench: tracking.uri={uri}: {hint}, then rerun the same command"]
+    assert not (tmp_path / "out").exists(), "Hydra's output dirs are not written: the check runs before"
+    assert store_runs(uri) == []
+
+
+@pytest.mark.slow  # two subprocess sweeps: about 60 s on 2 busy cores
+def test_a_disk_that_fills_during_a_sweep_ends_it_in_one_line_and_the_resume_finishes_it_clean(tmp_path, disk, empty_store):
+    uri = copy_store(empty_store, disk / "mlruns")
+    db = disk / "mlruns" / "mlflow.db"
+    args = ["-m", "dataset=synthetic", "train=smoke", "train.max_steps=6,3000", f"tracking.uri={uri}", "hydra.callbacks.sweep.report=false"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "aos_bench", *args, f"hydra.sweep.dir={tmp_path}/multirun"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (job_in(db, "FINISHED") and job_in(db, "RUNNING")):  # the short job done, the long one training
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    filler = fill(disk)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and "Traceback" not in out + err, err
+    lines = [line for line in err.splitlines() if line.startswith("aos_bench:")]
+    assert lines == [f"aos_bench: tracking.uri={uri}: could not log this job's run: the disk that holds {disk}/mlruns is full; "
+                     "free space there, then rerun the same command"], err  # fmt: skip
+
+    filler.unlink()  # mended: the same command resumes, trains the long job again and ends the parent clean
+    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    runs = store_runs(uri)
+    parent = next(run for run in runs if "sweep_key" in run.data.tags)
+    assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
+    finished = {run.data.params["train.max_steps"] for run in runs if run.info.status == "FINISHED" and "config_hash" in run.data.tags}
+    assert finished == {"6", "3000"} and len(runs) == 4  # the parent, the short job once, the long one stopped and rerun
