@@ -1,6 +1,7 @@
 """Entry point: `python -m aos_bench [overrides]`, `-m` for sweeps."""
 
 import logging
+import math
 import os
 import sys
 
@@ -11,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from aos_bench.checks import hydra_error_line, validate
-from aos_bench.errors import StoreFailed, UsageError, reject
+from aos_bench.errors import Diverged, StoreFailed, UsageError, reject
 from aos_bench.paths import CONFIG_DIR
 from aos_bench.store import tracking_key, tracking_uri
 from aos_bench.sweep import jobs_in_process
@@ -43,6 +44,12 @@ def main(cfg: DictConfig) -> float:
         return run(cfg, interactive=interactive)["test_f1_macro"]
     except UsageError as error:
         reject(str(error))
+    except Diverged as error:  # the job's run is FAILED by now, with this message in its `error` tag
+        if single:
+            print(f"aos_bench: {error}; its run is marked FAILED", file=sys.stderr)
+            raise SystemExit(1) from None
+        log.error("%s; its run is marked FAILED, the sweep goes on (its end names the jobs that failed)", error)
+        return math.nan  # the launcher goes on to the next job: one diverged setting must not stop a grid
     except (StoreFailed, *STORE_ERRORS) as error:  # the run so far stays in the store, as far as the store still answers
         if not in_process:
             raise  # a job process of joblib or submitit: its launcher gets the job back, and its sweep ends FAILED

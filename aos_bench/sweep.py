@@ -96,6 +96,24 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     return run_id
 
 
+def failed_jobs(uri: str, experiment_id: str, run_id: str) -> str:
+    """`N of the sweep's jobs failed: <run name> (<error>), ...; the same command reruns them`, or '' when every job
+    has a FINISHED run."""
+    import mlflow
+
+    from aos_bench.report.runs import unfinished
+
+    mlflow.set_tracking_uri(uri)
+    jobs = unfinished(experiment_id, run_id)
+    if jobs.empty:
+        return ""
+    named = []
+    for _, job in jobs.iterrows():  # a job by its overrides (run names leave out lr, epochs, ...), and why it failed
+        overrides = str(job.get("tags.mlflow.note.content")).removeprefix("python -m aos_bench ")
+        named.append(f"`{overrides}` ({job['tags.error'] if isinstance(job.get('tags.error'), str) else job['status']})")
+    return f"{len(named)} of the sweep's jobs failed: {', '.join(named)}; the same command reruns them"
+
+
 def close_orphans(client: mlflow.MlflowClient, experiment_id: str, run_id: str) -> None:
     """Mark KILLED the job runs that the sweep's previous launch left RUNNING: a worker process killed with its
     launcher (joblib's, at a SIGINT or SIGKILL) cannot end its own run. The resume reruns their jobs."""
@@ -240,25 +258,41 @@ class SweepTracking(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run; a failure
         stops the command with one line (every job's run is in the store by now, and stays)."""
-        from aos_bench.tracking import store_failure, ui_address
+        from aos_bench.tracking import ERROR_TAG_LIMIT, store_failure, ui_address
 
         FINISH_PROGRESS.pop(self.run_id)()
         try:
             client = mlflow_client(self.uri)
-            client.set_terminated(self.run_id, "FINISHED")
-            log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))
+            experiment_id = client.get_run(self.run_id).info.experiment_id
+            failed = failed_jobs(self.uri, experiment_id, self.run_id)
+            if failed:
+                client.set_tag(self.run_id, "error", failed[:ERROR_TAG_LIMIT])
+            client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+            log.info("MLflow: %s", ui_address(self.uri, experiment_id))
         except Exception as error:
             reject(store_failure(self.uri, self.key, "mark the sweep's parent run FINISHED", error) + "; its jobs' runs are kept")
-        if not self.report:
-            return
-        from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
+        if self.report:
+            self.report_sweep(config)
+        if failed:  # after the report of the jobs that finished
+            print(f"aos_bench: {failed}", file=sys.stderr)
+            raise SystemExit(1)  # a run failed (docs/configuration.md's exit codes)
 
+    def report_sweep(self, config: DictConfig) -> None:
+        """Write the report of the sweep's FINISHED jobs into its sweep dir and log it to the parent run (none when no
+        job finished); a failure stops the command with one line."""
+        from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
+        from aos_bench.tracking import store_failure
+
+        client = mlflow_client(self.uri)
         # The sweep dir, not results/: a quick or partial sweep must not overwrite the committed tables;
         # `python -m aos_bench.report` writes results/ on purpose.
         try:
             paths = write_report(self.uri, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir))
             for path in paths:
                 client.log_artifact(self.run_id, str(path), "report")
+        except LookupError as error:  # every job failed: no table to write
+            log.info("no report: %s", error)
+            return
         except UsageError as error:  # a report file of the sweep dir that is a link or a folder: refused, not the store's fault
             reject(f"report: {error}; the runs are kept: `python -m aos_bench.report --sweep {self.run_id} --out DIR` writes it elsewhere")
         except Exception as error:

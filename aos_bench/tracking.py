@@ -188,6 +188,15 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
     return dict(done[0].data.metrics) if done else None
 
 
+def error_tag(error: BaseException) -> str:
+    """The `error` tag of a run that `error` ended: `stopped by SIGINT` or `stopped by SIGTERM (...)`, else `Type: message`."""
+    if isinstance(error, KeyboardInterrupt):  # Ctrl-C raises it bare; a sweep's handler (sweep.stop_on_signals) with these words
+        return str(error) or "stopped by SIGINT"
+    if isinstance(error, SigTerm):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run for one job, in a multirun nested under its sweep's; ends FINISHED, or FAILED (KILLED when
@@ -204,7 +213,7 @@ def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveR
             yield run
         except BaseException as error:
             with contextlib.suppress(*STORE_ERRORS):  # the store failing: the run stays RUNNING, a resume marks it KILLED
-                mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
+                mlflow.set_tag("error", error_tag(error)[:ERROR_TAG_LIMIT])
                 mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) or received else "FAILED")
             if isinstance(error, SigTerm):
                 raise Terminated(str(error)) from None
