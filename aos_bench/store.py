@@ -1,5 +1,6 @@
 """Where runs are kept, settled before MLflow, torch or pandas is imported (they take 3 to 6 s each): the tracking URI,
-one request to an HTTP tracking server, and the lock under which processes that start together create one SQLite store.
+one request to an HTTP tracking server, a write probe of an SQLite store (read-only, full, locked), and the lock under
+which processes that start together create one SQLite store.
 """
 
 import base64

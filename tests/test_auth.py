@@ -174,7 +174,7 @@ def test_a_uri_with_credentials_from_the_environment_or_the_report_is_refused(tm
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow  # 86 s on a 2-core machine shared with two training sweeps: python -m pytest -m slow tests/test_auth.py
+@pytest.mark.slow  # 168 s on a 2-core machine shared with other trainings (a sweep and a run): python -m pytest -m slow tests/test_auth.py
 def test_sweep_and_run_with_credentials_finish_and_write_no_password(tmp_path, tmp_path_factory, env, locked, capsys):  # noqa: F811
     args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0", f"tracking.uri={locked}", "tracking.experiment=locked"]
     result = sweep_cli(tmp_path, env | ALICE, *args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
