@@ -100,11 +100,12 @@ def store_failure(uri: str, key: str, what: str, error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def store_step(tracking: Mapping, what: str) -> Iterator[None]:
-    """Within the block every error is the store's (it only opens the store or logs): raised as StoreFailed."""
+def store_step(tracking: Mapping, what: str, errors: tuple[type[Exception], ...] = (Exception,)) -> Iterator[None]:
+    """Within the block every error of `errors` is the store's (by default any: the block only opens the store or
+    logs): raised as StoreFailed."""
     try:
         yield
-    except Exception as error:  # a migration half done by another process raises anything: alembic's, ValueError, ...
+    except errors as error:  # a migration half done by another process raises anything: alembic's, ValueError, ...
         raise StoreFailed(store_failure(tracking_uri(tracking), tracking_key(tracking), what, error)) from error
 
 

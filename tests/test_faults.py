@@ -256,3 +256,19 @@ def test_a_disk_that_fills_during_a_sweep_ends_it_in_one_line_and_the_resume_fin
     assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
     finished = {run.data.params["train.max_steps"] for run in runs if run.info.status == "FINISHED" and "config_hash" in run.data.tags}
     assert finished == {"6", "3000"} and len(runs) == 4  # the parent, the short job once, the long one stopped and rerun
+
+
+@pytest.mark.slow  # a subprocess run: about 20 s on 2 busy cores
+def test_an_artifact_disk_that_fills_after_training_ends_the_run_in_one_line(tmp_path, disk):
+    db = tmp_path / "mlruns" / "mlflow.db"  # the store's rows on a disk with room, its artifacts on the small one
+    (tmp_path / "mlruns").mkdir()
+    os.symlink(disk, tmp_path / "mlruns" / "artifacts")
+    filler = fill(disk)
+    with open(filler, "r+b") as file:  # room for the config and the small files, none for the figures
+        file.truncate(filler.stat().st_size - 16 * 1024)
+    result = aos_bench(tmp_path, "dataset=synthetic", "train=smoke", f"tracking.uri=sqlite:///{db}")
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (f"aos_bench: tracking.uri=sqlite:///{db}: could not log this job's results: the disk that holds "
+                                              f"{tmp_path}/mlruns is full; free space there, then rerun the same command")  # fmt: skip
+    [run] = store_runs(f"sqlite:///{db}")
+    assert run.info.status == "FAILED" and "test_f1_macro" in run.data.metrics  # trained and scored; its figures lost
