@@ -1,6 +1,7 @@
 """Entry point: `python -m aos_bench [overrides]`, `-m` for sweeps."""
 
 import logging
+import math
 import os
 import sys
 
@@ -11,9 +12,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from aos_bench.checks import hydra_error_line
-from aos_bench.errors import StoreFailed, UsageError, reject
+from aos_bench.errors import Diverged, StoreFailed, UsageError, reject
 from aos_bench.paths import CONFIG_DIR
-from aos_bench.store import require_reachable, tracking_key, tracking_uri
+from aos_bench.store import tracking_key, tracking_uri
 from aos_bench.sweep import jobs_in_process
 
 log = logging.getLogger("aos_bench")
@@ -28,12 +29,10 @@ def main(cfg: DictConfig) -> float:
     log.info("loading %s", data_source(cfg))  # at once: the imports below and the decoding take seconds
     single = HydraConfig.get().mode == RunMode.RUN
     uri, key = tracking_uri(cfg.tracking), tracking_key(cfg.tracking)
-    if single:  # a multirun checks the server once, in its launching process (aos_bench.sweep)
-        require_reachable(uri, key)  # before the imports below (torch, MLflow: 5-10 s), where MLflow's retries take minutes
     from aos_bench.job import run
     from aos_bench.tracking import STORE_ERRORS, Terminated, require_scheme, store_failure
 
-    if single:
+    if single:  # its server was checked before Hydra wrote anything (SweepTracking.on_run_start); a multirun's in on_multirun_start
         require_scheme(uri, key)
     interactive = single and sys.stderr.isatty()
     in_process = single or jobs_in_process(HydraConfig.get().launcher)  # this process runs the sweep too
@@ -41,6 +40,12 @@ def main(cfg: DictConfig) -> float:
         return run(cfg, interactive=interactive)["test_f1_macro"]
     except UsageError as error:
         reject(str(error))
+    except Diverged as error:  # the job's run is FAILED by now, with this message in its `error` tag
+        if single:
+            print(f"aos_bench: {error}; its run is marked FAILED", file=sys.stderr)
+            raise SystemExit(1) from None
+        log.error("%s; its run is marked FAILED, the sweep goes on (its end names the jobs that failed)", error)
+        return math.nan  # the launcher goes on to the next job: one diverged setting must not stop a grid
     except (StoreFailed, *STORE_ERRORS) as error:  # the run so far stays in the store, as far as the store still answers
         if not in_process:
             raise  # a job process of joblib or submitit: its launcher gets the job back, and its sweep ends FAILED

@@ -11,20 +11,13 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aos_bench.credentials import NO_CREDENTIALS, holds_credentials
 from aos_bench.errors import UsageError
 from aos_bench.paths import is_plain_name
 from aos_bench.registry import METHODS, MODELS, REGISTRY
 from aos_bench.rules import Rule, choice, flag, is_class_list, is_number, number, numbers, show, text, whole
 
-USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # `scheme://user[:password]@`: credentials in a URL
-CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic-auth credentials
-NO_CREDENTIALS = f"a URI with no user or password in it (set {CREDENTIALS} instead)"
 MINORITY_MODES = ("random", "first", "last")  # imbalance.minority: which classes an imbalance makes minority, by name
-
-
-def holds_credentials(uri: str) -> bool:
-    """Whether a URI names a user or password (`http://alice:secret@host:5000`), which params and logs would keep."""
-    return USERINFO.match(uri) is not None
 
 
 def secret_free_uri(nullable: str) -> Rule:

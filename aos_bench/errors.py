@@ -1,11 +1,11 @@
 """Errors shared by every module, importable before torch and MLflow so that bad input is rejected in a blink."""
 
-import re
 import sys
 from typing import NoReturn
 
+from aos_bench.credentials import masked
+
 USAGE_EXIT = 2  # exit code of a command rejected for bad input (config value, override, missing files), as argparse's
-PASSWORD = re.compile(r"(://[^/:@\s]*):[^/\s]*@")  # the password of a URL's `user:password@`, up to its last @
 
 
 class UsageError(Exception):
@@ -18,11 +18,6 @@ class StoreFailed(Exception):
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run ends FAILED, its message names the step and what to lower."""
-
-
-def masked(text: str) -> str:
-    """text with the password of every URL in it shown as ***: `http://alice:***@host:5000`."""
-    return PASSWORD.sub(r"\1:***@", text)
 
 
 def reject(message: str) -> NoReturn:

@@ -23,7 +23,7 @@ from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
 from aos_bench.store import tracking_uri
 from aos_bench.summary import data_lines, data_params, data_record
-from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, ui_address
+from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, store_step, ui_address
 from aos_bench.train import RunStats, fit, predict, recipe_of, resolve_precision, training_set
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def run(cfg: DictConfig, interactive: bool = False) -> dict[str, float]:
         )
         if stats.resumed_epochs:
             mlflow.set_tag("resumed_epochs", str(stats.resumed_epochs))
-        metrics = evaluate(job, stats)
+        with store_step(cfg.tracking, "log this job's results", (OSError,)):  # MLflow copies local artifacts with shutil, unwrapped
+            metrics = evaluate(job, stats)
     report_done(active, metrics, cfg)
     return metrics

@@ -1,5 +1,6 @@
 """Where runs are kept, settled before MLflow, torch or pandas is imported (they take 3 to 6 s each): the tracking URI,
-one request to an HTTP tracking server, and the lock under which processes that start together create one SQLite store.
+one request to an HTTP tracking server, a write probe of an SQLite store (read-only, full, locked), and the lock under
+which processes that start together create one SQLite store.
 """
 
 import base64
@@ -7,8 +8,11 @@ import configparser
 import contextlib
 import fcntl
 import os
+import shutil
 import socket
+import sqlite3
 import ssl
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -16,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from aos_bench.checks import CREDENTIALS, NO_CREDENTIALS, holds_credentials
+from aos_bench.credentials import CREDENTIALS, NO_CREDENTIALS, holds_credentials
 from aos_bench.errors import reject
 
 SERVER_TIMEOUT = 5.0  # seconds a tracking server gets to answer before any job starts (MLflow's client retries for minutes)
@@ -24,6 +28,12 @@ DOWN = "does not answer ({}); start the server or fix the address"  # {}: why, i
 REFUSED = f"refused the credentials (HTTP {{}}); set {CREDENTIALS}"  # {}: 401 or 403, from `mlflow server --app-name basic-auth`
 LOCK_WAIT = 300.0  # seconds a process waits for another to finish creating the store (a fresh one takes 2-10 s)
 LOCK_POLL = 0.05  # seconds between two tries of the creation lock
+MIN_FREE = 8 * 2**20  # bytes free on a store's disk before any job starts: a job adds about 0.3 MB (its rows, 3 figures)
+WRITE_WAIT = 10.0  # seconds the write probe waits for another process's write lock on an SQLite store (a job holds it for ms)
+# What a store's error says when it cannot be written, in lower case: a full disk, a read-only place, a lock held elsewhere
+FULL = ("disk is full", "no space left on device")
+READ_ONLY = ("read-only file system", "readonly database", "permission denied")
+LOCKED = ("database is locked",)
 
 
 def tracking_uri(cfg: Mapping) -> str:
@@ -72,7 +82,14 @@ def credentials() -> tuple[str | None, str | None]:
         parser.read(path)
         from_file = parser["mlflow"] if parser.has_section("mlflow") else {}
     names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    user, password = (os.environ.get(name) or from_file.get(name.lower()) for name in names)
+    try:
+        user, password = (os.environ.get(name) or from_file.get(name.lower()) for name in names)
+    except configparser.Error as error:  # its message quotes the value: the password
+        reject(f"{path}: cannot be read as MLflow reads it ({type(error).__name__}); write each % of a value as %%")
+    if password and not password.isascii():  # the server decodes basic auth as ASCII on its artifact routes: every upload fails
+        source = names[1] if os.environ.get(names[1]) else f"{path} (mlflow_tracking_password)"
+        reject(f"{source}: the password holds characters outside ASCII, which the MLflow server refuses on its artifact "
+               "routes (HTTP 401); allowed: a password of ASCII characters")  # fmt: skip
     return user, password
 
 
@@ -150,3 +167,63 @@ def creation_lock(uri: str, wait: float = LOCK_WAIT) -> Iterator[None]:
                     reject(f"tracking store {uri}: another process has been creating it for over {wait:g} s ({lock.name}); is one stuck?")
                 time.sleep(LOCK_POLL)
         yield
+
+
+def store_folder(uri: str) -> Path | str:
+    """The folder that holds the store at uri (an SQLite file's), for messages; else uri itself (a server, a database)."""
+    path = sqlite_path(uri)
+    return uri if path is None else path.absolute().parent
+
+
+def unwritable_hint(error: BaseException | str, uri: str) -> str | None:
+    """What to do when the store at uri cannot be written, read from its error (and the errors it wraps): free space,
+    make the folder writable, or end the process that holds the lock; None for another error."""
+    messages, seen = [], error
+    while isinstance(seen, BaseException):
+        messages.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(messages if messages else [str(error)]).lower()
+    folder = store_folder(uri)
+    if any(words in text for words in FULL):
+        return f"the disk that holds {folder} is full; free space there, then rerun the same command"
+    if any(words in text for words in READ_ONLY):
+        return f"{folder} cannot be written (read-only); make it writable or set tracking.uri to a place that is, then rerun the same command"
+    if any(words in text for words in LOCKED):
+        return (f"another process holds the write lock of {sqlite_path(uri) or uri} (`fuser` names it); let it finish or stop it,"
+                " then rerun the same command")
+    return None
+
+
+def write_problem(uri: str) -> str | None:
+    """Why jobs could not write runs to the SQLite store at uri, in the words after `key=uri:` (its folder read-only,
+    its disk full or nearly, its file locked by another process); None when they can, or uri is not an SQLite file.
+    Tried with a file of 64 KiB in the nearest folder that exists, and a write transaction begun and rolled back."""
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    folder = next(folder for folder in path.absolute().parents if folder.is_dir())  # where the store is, or will be created
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(64 * 1024))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        return unwritable_hint(error, uri) or f"{folder} cannot be written ({error.strerror})"
+    if (free := shutil.disk_usage(folder).free) < MIN_FREE:
+        return (f"the disk that holds {folder} has {free / 2**20:.1f} MB free, under the {MIN_FREE / 2**20:g} MB jobs need;"
+                " free space there, then rerun the same command")
+    if path.exists():
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=rw", uri=True, timeout=WRITE_WAIT)) as connection:
+                connection.execute("BEGIN IMMEDIATE")  # the write lock, as MLflow takes it for a run's first row
+                connection.rollback()
+        except sqlite3.Error as error:
+            return unwritable_hint(error, uri) or f"cannot be opened for writing (sqlite3: {error})"
+    return None
+
+
+def require_writable(uri: str, key: str) -> None:
+    """Stop with one line and exit code 2 when jobs could not write runs to the store at uri (write_problem), before
+    any job trains (key: where uri was set)."""
+    if (problem := write_problem(uri)) is not None:
+        reject(f"{key}={uri}: {problem}")

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from aos_bench.checks import hydra_error_line, override_key, stack_problem, validate
 from aos_bench.errors import UsageError, reject
 from aos_bench.progress import watch
-from aos_bench.store import require_reachable, tracking_key, tracking_uri
+from aos_bench.store import require_reachable, require_writable, tracking_key, tracking_uri, unwritable_hint
 
 if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
     import mlflow
@@ -89,9 +89,29 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     client.update_run(run_id, status="RUNNING")
     for name, value in tags.items():
         client.set_tag(run_id, name, value)
+    if "error" in last[0].data.tags:  # why the last launch stopped: no longer true of a sweep that runs again
+        client.delete_tag(run_id, "error")
     close_orphans(client, experiment_id, run_id)
     log.info("resuming sweep %s: its jobs with a FINISHED run are skipped (force=true reruns them all)", run_id)
     return run_id
+
+
+def failed_jobs(uri: str, experiment_id: str, run_id: str) -> str:
+    """`N of the sweep's jobs failed: <run name> (<error>), ...; the same command reruns them`, or '' when every job
+    has a FINISHED run."""
+    import mlflow
+
+    from aos_bench.report.runs import unfinished
+
+    mlflow.set_tracking_uri(uri)
+    jobs = unfinished(experiment_id, run_id)
+    if jobs.empty:
+        return ""
+    named = []
+    for _, job in jobs.iterrows():  # a job by its overrides (run names leave out lr, epochs, ...), and why it failed
+        overrides = str(job.get("tags.mlflow.note.content")).removeprefix("python -m aos_bench ")
+        named.append(f"`{overrides}` ({job['tags.error'] if isinstance(job.get('tags.error'), str) else job['status']})")
+    return f"{len(named)} of the sweep's jobs failed: {', '.join(named)}; the same command reruns them"
 
 
 def close_orphans(client: mlflow.MlflowClient, experiment_id: str, run_id: str) -> None:
@@ -106,13 +126,14 @@ def fail_if_running(uri: str, run_id: str, stopped: list[str] | None = None, job
     """At exit: a parent run still RUNNING means the sweep stopped before its end: KILLED when this process got a
     signal (`stopped`, or a KILLED job run when jobs run in this process), else FAILED: a job failed, or a job in
     another process was stopped (scancel, a preemption) while the sweep itself was not. A store that fails here gets
-    one line (key: where uri was set)."""
+    one line (key: where uri was set), unless it cannot be written: the line that stopped the sweep said so already."""
     try:
         close_stopped(uri, run_id, stopped, jobs_in_process)
     except Exception as error:  # at exit, where a traceback would follow the line that said what stopped the sweep
         from aos_bench.tracking import store_failure
 
-        print(f"aos_bench: {store_failure(uri, key, f'end the stopped sweep {run_id}', error)}", file=sys.stderr)
+        if unwritable_hint(error, uri) is None:  # a full, read-only or locked store stopped the job or the parent's end
+            print(f"aos_bench: {store_failure(uri, key, f'end the stopped sweep {run_id}', error)}", file=sys.stderr)
 
 
 def close_stopped(uri: str, run_id: str, stopped: list[str] | None, jobs_in_process: bool) -> None:
@@ -201,17 +222,22 @@ class SweepTracking(Callback):
         self.report = report
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """A single run: check its values before Hydra writes them into the run's output dir (so a URI's password never lands there)."""
+        """A single run: check its values and its tracking server before Hydra writes its output dir (so a URI's password
+        never lands there, and a run that cannot be tracked leaves nothing behind)."""
         try:
             validate(config)
         except UsageError as error:
             reject(str(error))
+        uri, key = tracking_uri(config.tracking), tracking_key(config.tracking)
+        require_reachable(uri, key)  # seconds, before torch and MLflow
+        require_writable(uri, key)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the server and every job, then create the store, the experiment and the parent run; export the parent's id.
         Any failure stops the command with one line: Hydra would turn it into a warning and run every job untracked."""
         self.uri, self.key = tracking_uri(config.tracking), tracking_key(config.tracking)
         require_reachable(self.uri, self.key)  # first: seconds, before torch and MLflow are imported
+        require_writable(self.uri, self.key)
         jobs = check_values(config)
         from aos_bench.tracking import SWEEP_ENV, ensure_experiment, require_scheme, store_failure
 
@@ -232,25 +258,41 @@ class SweepTracking(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run; a failure
         stops the command with one line (every job's run is in the store by now, and stays)."""
-        from aos_bench.tracking import store_failure, ui_address
+        from aos_bench.tracking import ERROR_TAG_LIMIT, store_failure, ui_address
 
         FINISH_PROGRESS.pop(self.run_id)()
         try:
             client = mlflow_client(self.uri)
-            client.set_terminated(self.run_id, "FINISHED")
-            log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))
+            experiment_id = client.get_run(self.run_id).info.experiment_id
+            failed = failed_jobs(self.uri, experiment_id, self.run_id)
+            if failed:
+                client.set_tag(self.run_id, "error", failed[:ERROR_TAG_LIMIT])
+            client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+            log.info("MLflow: %s", ui_address(self.uri, experiment_id))
         except Exception as error:
             reject(store_failure(self.uri, self.key, "mark the sweep's parent run FINISHED", error) + "; its jobs' runs are kept")
-        if not self.report:
-            return
-        from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
+        if self.report:
+            self.report_sweep(config)
+        if failed:  # after the report of the jobs that finished
+            print(f"aos_bench: {failed}", file=sys.stderr)
+            raise SystemExit(1)  # a run failed (docs/configuration.md's exit codes)
 
+    def report_sweep(self, config: DictConfig) -> None:
+        """Write the report of the sweep's FINISHED jobs into its sweep dir and log it to the parent run (none when no
+        job finished); a failure stops the command with one line."""
+        from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
+        from aos_bench.tracking import store_failure
+
+        client = mlflow_client(self.uri)
         # The sweep dir, not results/: a quick or partial sweep must not overwrite the committed tables;
         # `python -m aos_bench.report` writes results/ on purpose.
         try:
             paths = write_report(self.uri, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir))
             for path in paths:
                 client.log_artifact(self.run_id, str(path), "report")
+        except LookupError as error:  # every job failed: no table to write
+            log.info("no report: %s", error)
+            return
         except UsageError as error:  # a report file of the sweep dir that is a link or a folder: refused, not the store's fault
             reject(f"report: {error}; the runs are kept: `python -m aos_bench.report --sweep {self.run_id} --out DIR` writes it elsewhere")
         except Exception as error:

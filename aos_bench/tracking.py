@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import sqlalchemy
 from omegaconf import DictConfig, OmegaConf
 
 from aos_bench.errors import StoreFailed, reject
-from aos_bench.store import creation_lock, require_reachable, sqlite_path, tracking_key, tracking_uri
+from aos_bench.store import creation_lock, require_reachable, sqlite_path, tracking_key, tracking_uri, unwritable_hint
 
 ERROR_TAG_LIMIT = 5000  # characters of the error message kept in the `error` tag (MLflow caps tag values)
 SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_bench.sweep to every job process
@@ -25,6 +26,9 @@ NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: a training experiment, not GenAI
 UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"  # the page of an experiment's training runs (MLflow 3.x)
 
+
+# MLflow logs the traceback of every SQLAlchemy error it raises (80 lines for a full disk); store_failure says it in one
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 # What a failing store raises: MLflow's own errors, an SQLite store's bare SQLAlchemy ones, a server's connection errors
 STORE_ERRORS = (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, requests.exceptions.RequestException)
@@ -87,17 +91,21 @@ def require_server(uri: str, key: str) -> None:
 
 
 def store_failure(uri: str, key: str, what: str, error: BaseException) -> str:
-    """The one line that says what failed on the store at uri: `tracking.uri=<uri>: could not <what> (<error>)`."""
+    """The one line that says what failed on the store at uri: `tracking.uri=<uri>: could not <what> (<error>)`, or,
+    when it could not be written, `...: could not <what>: <what to free or fix>`."""
+    if (hint := unwritable_hint(error, uri)) is not None:
+        return f"{key}={uri}: could not {what}: {hint}"
     first = (str(error).strip().splitlines() or [""])[0][:300]  # SQLAlchemy appends its SQL and a help link below
     return f"{key}={uri}: could not {what} ({type(error).__name__}: {first})"
 
 
 @contextlib.contextmanager
-def store_step(tracking: Mapping, what: str) -> Iterator[None]:
-    """Within the block every error is the store's (it only opens the store or logs): raised as StoreFailed."""
+def store_step(tracking: Mapping, what: str, errors: tuple[type[Exception], ...] = (Exception,)) -> Iterator[None]:
+    """Within the block every error of `errors` is the store's (by default any: the block only opens the store or
+    logs): raised as StoreFailed."""
     try:
         yield
-    except Exception as error:  # a migration half done by another process raises anything: alembic's, ValueError, ...
+    except errors as error:  # a migration half done by another process raises anything: alembic's, ValueError, ...
         raise StoreFailed(store_failure(tracking_uri(tracking), tracking_key(tracking), what, error)) from error
 
 
@@ -181,6 +189,15 @@ def finished_metrics(cfg: DictConfig) -> dict[str, float] | None:
     return dict(done[0].data.metrics) if done else None
 
 
+def error_tag(error: BaseException) -> str:
+    """The `error` tag of a run that `error` ended: `stopped by SIGINT` or `stopped by SIGTERM (...)`, else `Type: message`."""
+    if isinstance(error, KeyboardInterrupt):  # Ctrl-C raises it bare; a sweep's handler (sweep.stop_on_signals) with these words
+        return str(error) or "stopped by SIGINT"
+    if isinstance(error, SigTerm):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
 @contextlib.contextmanager
 def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run for one job, in a multirun nested under its sweep's; ends FINISHED, or FAILED (KILLED when
@@ -197,7 +214,7 @@ def job_run(cfg: DictConfig, tags: Mapping[str, str]) -> Iterator[mlflow.ActiveR
             yield run
         except BaseException as error:
             with contextlib.suppress(*STORE_ERRORS):  # the store failing: the run stays RUNNING, a resume marks it KILLED
-                mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:ERROR_TAG_LIMIT])
+                mlflow.set_tag("error", error_tag(error)[:ERROR_TAG_LIMIT])
                 mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) or received else "FAILED")
             if isinstance(error, SigTerm):
                 raise Terminated(str(error)) from None

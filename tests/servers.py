@@ -16,7 +16,8 @@ import pytest
 SERVER_START = 120  # seconds `mlflow server` gets to answer (7 s on a quiet 2-core machine)
 USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # where MLflow's client reads basic auth
 ADMIN = {USER: "admin", PASSWORD: "admin-Pw-3c81f0d2"}  # MLflow 3.17 takes passwords of 12 characters or more
-ALICE = {USER: "alice", PASSWORD: "alice-Pw-9e4b7a15"}  # the secret that nothing the suite writes may hold
+# the secret that nothing the suite writes may hold; ASCII: MLflow's server refuses other passwords on its artifact routes
+ALICE = {USER: "alice", PASSWORD: "alice-Pw/#?@:%=-9e4b7a15"}
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # scripts/ is not a package
 from load_test import free_port, healthy  # noqa: E402  (the load test's own: one port pick and one /health probe)

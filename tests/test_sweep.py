@@ -201,6 +201,7 @@ def test_same_command_reopens_its_parent_run_and_force_starts_a_new_one(tmp_path
     orphan = client.create_run(experiment_id, tags={"sweep": first}).info.run_id  # a job whose worker was killed
     again = sweep.open_parent(sweep_config("experiment=smoke", f"tracking.uri={uri}"), client, experiment_id)
     assert again == first and client.get_run(first).info.status == "RUNNING"  # where runs go is not the sweep
+    assert "error" not in client.get_run(first).data.tags  # why the last launch stopped: not kept by a sweep that ends clean
     assert client.get_run(orphan).info.status == "KILLED"
     other = sweep.open_parent(sweep_config("experiment=smoke", "train.epochs=3"), client, experiment_id)
     assert client.get_run(other).info.run_name == "smoke sweep"  # train.epochs narrows no axis of the grid
