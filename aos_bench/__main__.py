@@ -1,5 +1,7 @@
 """Entry point: `python -m aos_bench [overrides]`, `-m` for sweeps."""
 
+import atexit
+import gc
 import logging
 import os
 import sys
@@ -84,6 +86,9 @@ def register_launcher() -> None:
 
 def cli() -> None:
     """`python -m aos_bench`: main(), with Hydra's own errors on one line and exit code 2 (HYDRA_FULL_ERROR=1: in full)."""
+    # The last step before the interpreter's own teardown: freezing the heap spares it collecting torch's and MLflow's
+    # objects, 2 s of CPU that took a SIGTERM'd run 7 to 16 s to exit on a loaded 2-core machine (under 1 s frozen)
+    atexit.register(gc.freeze)
     register_launcher()
     if os.environ.get(HYDRA_RAISES):  # the user asked for Hydra's full errors
         main()
