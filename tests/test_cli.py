@@ -1,6 +1,7 @@
-"""The command line: the `aos-bench` console script and its tab completion as bash runs it."""
+"""The command line: the `aos-bench` console script, its tab completion as bash runs it, and its --help page."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,21 @@ def test_tab_completion_in_bash_offers_groups_options_and_keys(line, offered):
     result = aos_bench(COMP_LINE=line)
     assert set(result.stdout.split()) == offered, result.stderr
 
+
+def test_help_is_the_tools_page_with_its_groups_and_examples():
+    result = aos_bench("method=ros", "--help")
+    assert result.returncode == 0, result.stderr
+    page = result.stdout
+    assert "powered by hydra" not in page.lower()
+    for example in (
+        "aos-bench -m method=base,ros,aos",
+        "aos-bench dataset=synthetic train=smoke",
+        "aos-bench -m experiment=compare dataset=folder dataset.root=my_data",
+    ):
+        assert re.search(rf"^  {re.escape(example)}  +# \w", page, re.M), example
+    groups = dict(re.findall(r"^  ([a-z_/]+) {2,}([a-z0-9_]+(?:, [a-z0-9_]+)*)$", page, re.M))
+    assert set(groups) == {"dataset", "imbalance", "method", "recipe", "model", "train", "experiment", "tracking", "hydra/launcher"}
+    assert groups["method"].split(", ") == sorted(path.stem for path in (ROOT / "conf" / "method").glob("*.yaml"))
+    assert "stacked" in groups["hydra/launcher"].split(", ")
+    assert not re.search(r"recipe_dataset|recipe_method|^ *row\b", page, re.M)  # groups the config fills in itself
+    assert "method=ros" in page  # the choices of this command
