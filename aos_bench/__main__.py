@@ -94,7 +94,7 @@ def group_options(group: str) -> str:
 def cli() -> None:
     """`python -m aos_bench`: main(), with Hydra's own errors on one line and exit code 2 (HYDRA_FULL_ERROR=1: in full)."""
     # The last step before the interpreter's own teardown: freezing the heap spares it collecting torch's and MLflow's
-    # objects, 2 s of CPU that took a SIGTERM'd run 7 to 16 s to exit on a loaded 2-core machine (under 1 s frozen)
+    # objects, 2 s of CPU that took a SIGTERM'd run 7 to 16 s to exit on a loaded 2-core machine (1.5 to 3.5 s frozen)
     atexit.register(gc.freeze)
     register_launcher()
     OmegaConf.register_new_resolver("aos_bench.options", group_options, replace=True)  # conf/hydra/help/aos_bench.yaml
