@@ -23,7 +23,7 @@ from aos_bench.plots import adversarial_figure, confusion_figure, log_figure
 from aos_bench.runtime import describe, pick_device, set_up
 from aos_bench.store import tracking_uri
 from aos_bench.summary import data_lines, data_params, data_record
-from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, store_step, ui_address
+from aos_bench.tracking import SWEEP_ENV, config_hash, finished_metrics, job_run, run_name, shown_metrics, store_step, ui_address
 from aos_bench.train import RunStats, fit, predict, recipe_of, resolve_precision, training_set
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def evaluate(job: Job, stats: RunStats) -> dict[str, float]:
     adjust = (lambda logits: method.adjust(logits, priors, cfg.method)) if method.adjust else None
     y_pred = predict(job.model, data.test_x.to(job.device), cfg.train.eval_batch_size, cfg.train.precision, adjust).cpu().numpy()
     metrics = scores(y_true, y_pred, len(data.classes), subset.minority_classes)
-    mlflow.log_metrics({**metrics, "train_steps": stats.train_steps})
+    mlflow.log_metrics({**shown_metrics(metrics), **metrics, "train_steps": stats.train_steps})  # F1 before the long names on a run's page
     mlflow.log_text(per_class(y_true, y_pred, data.classes).to_csv(index=False), "per_class.csv")
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(data.classes))))
     log_figure(confusion_figure(matrix, data.classes), "confusion_matrix.png")

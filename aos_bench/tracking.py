@@ -24,7 +24,15 @@ SWEEP_ENV = "AOS_SWEEP_RUN_ID"  # the multirun's parent run id, exported by aos_
 # Keys that say where runs go or how they print, not what they compute: left out of config_hash and of the sweep key.
 NOT_HASHED = ("tracking", "data_dir", "cache_dir", "force", "train.progress")
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3: a training experiment, not GenAI
-UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning"  # the page of an experiment's training runs (MLflow 3.x)
+# The headline metrics again, rounded, under short names for the UI, which prints every digit (92.4155210...) and cuts
+# long names; the report reads the full ones
+SHOWN = {"test_f1_macro": "F1", "test_f1_minority": "F1 minority"}
+# The UI's landing view: an experiment tag `mlflow.sharedViewState.<key>` that MLflow 3's runs page applies when the
+# address names its key. The SHOWN columns, best F1 first; sorted by a metric, the page lists job runs flat (sweep
+# parent runs, which have no F1, last) where it would list one collapsed row per sweep.
+RESULTS_VIEW = "results"
+RUN_NAME_PX = 340  # the name column's width, pixels: whole names (`balanced_softmax cifar10 step mu=0.3 rho=500 seed=0`), not 170 px cut
+UI_RUNS = "#/experiments/{}/runs?workflowType=machine_learning&viewStateShareKey=" + RESULTS_VIEW  # training runs (MLflow 3.x)
 
 
 # MLflow logs the traceback of every SQLAlchemy error it raises (80 lines for a full disk); store_failure says it in one
@@ -109,16 +117,40 @@ def store_step(tracking: Mapping, what: str, errors: tuple[type[Exception], ...]
         raise StoreFailed(store_failure(tracking_uri(tracking), tracking_key(tracking), what, error)) from error
 
 
+def shown_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The SHOWN copies of the headline metrics, rounded to 2 decimals, for the UI's columns."""
+    return {name: round(metrics[key], 2) for key, name in SHOWN.items() if key in metrics}
+
+
+def results_view() -> dict[str, str]:
+    """The experiment tag of the UI's landing view (RESULTS_VIEW): its columns, their order and widths, the runs' order."""
+    columns = [f"metrics.`{name}`" for name in SHOWN.values()]
+    name = "attributes.`Run Name`"
+    state = {
+        "selectedColumns": columns,
+        "columnOrder": [name, *columns],  # the F1 columns beside the names
+        "columnWidths": {name: RUN_NAME_PX},  # the UI applies a width only to a column of columnOrder
+        "orderByKey": columns[0],
+        "orderByAsc": False,
+    }
+    return {f"mlflow.sharedViewState.{RESULTS_VIEW}": json.dumps(state)}
+
+
 def ensure_experiment(uri: str, name: str) -> str:
-    """The experiment's id, creating the store and the experiment when missing (artifacts beside an SQLite file)."""
+    """The experiment's id, creating the store and the experiment when missing (artifacts beside an SQLite file); an
+    experiment made before the UI's landing view gets it where the store lets this user set it."""
     mlflow.set_tracking_uri(uri)
     with creation_lock(uri):  # the store's first open in this process creates its schema when the file is new
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is not None:
+            for key, value in results_view().items():
+                if experiment.tags.get(key) != value:
+                    with contextlib.suppress(mlflow.exceptions.MlflowException):  # a user who may only log runs
+                        mlflow.MlflowClient(uri).set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
         location = (path.parent.absolute() / "artifacts").as_uri() if (path := sqlite_path(uri)) else None
         try:
-            return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
+            return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS | results_view())
         except mlflow.exceptions.MlflowException:  # created meanwhile by a job on a server store, which takes no lock
             return mlflow.get_experiment_by_name(name).experiment_id
 

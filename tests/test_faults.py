@@ -50,7 +50,7 @@ def job_in(db: Path, status: str) -> bool:
 
 def start_and_stop(tmp_path: Path, signum: int, *args: str) -> tuple[subprocess.CompletedProcess, float, list]:
     """Start `python -m aos_bench ARGS`, send signum once a job run is RUNNING; the result, the seconds until the run
-    is KILLED in the store, and the runs."""
+    is KILLED in the store and the process has exited, and the runs."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "aos_bench", *args, f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/multi"]
@@ -66,13 +66,13 @@ def start_and_stop(tmp_path: Path, signum: int, *args: str) -> tuple[subprocess.
     start = time.monotonic()
     while not job_in(tmp_path / "mlruns" / "mlflow.db", "KILLED") and time.monotonic() < start + 60:
         time.sleep(0.1)
-    seconds = time.monotonic() - start
     out, err = process.communicate(timeout=60)
+    seconds = time.monotonic() - start
     return subprocess.CompletedProcess(command, process.returncode, out, err), seconds, store_runs(uri)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_during_training_ends_the_run_killed_within_5_s(tmp_path, signum):
+def test_a_signal_during_training_ends_the_run_killed_and_the_process_within_5_s(tmp_path, signum):
     result, seconds, runs = start_and_stop(tmp_path, signum, *LONG)
     assert result.returncode == 128 + signum and seconds < 5, result.stderr
     assert [r.info.status for r in runs] == ["KILLED"]

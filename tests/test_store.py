@@ -14,6 +14,7 @@ from sweeps import TINY
 
 from aos_bench import sweep
 from aos_bench.store import creation_lock
+from aos_bench.tracking import ensure_experiment, results_view
 
 SWEEPS = 8  # sweeps started at once on one fresh store: each lost its parent run, or all failed, before the creation lock
 
@@ -136,3 +137,12 @@ def test_a_store_that_fails_as_a_sweep_ends_stops_it_in_one_line(tmp_path, capsy
     assert capsys.readouterr().err == f"aos_bench: tracking.uri={uri}: could not mark the sweep's parent run FINISHED {why}; its jobs' runs are kept\n"
     sweep.fail_if_running(uri, callback.run_id)  # at exit: one line too, where a traceback was
     assert capsys.readouterr().err == f"aos_bench: tracking.uri={uri}: could not end the stopped sweep {callback.run_id} {why}\n"
+
+
+def test_an_experiment_gets_the_uis_landing_view_when_made_and_when_made_before_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    older = client.create_experiment("aos_bench")  # as a store written before the view existed holds it
+    assert ensure_experiment(uri, "aos_bench") == older
+    for experiment_id in (older, ensure_experiment(uri, "fresh")):
+        assert client.get_experiment(experiment_id).tags.items() >= results_view().items()
