@@ -15,6 +15,7 @@ self-contained row, and the report never mixes runs of two sweeps.
 from __future__ import annotations
 
 import atexit
+import copy
 import hashlib
 import json
 import logging
@@ -27,7 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra import compose
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -164,12 +167,34 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def job_config(config: DictConfig, overrides: list[str], composed: dict[tuple[str, ...], DictConfig]) -> DictConfig:
+    """One job's config as Hydra composes it, sharing `composed` with the sweep's other jobs: jobs that differ only in
+    values (seed=0,1,..., mu) share one composition of their config groups, then get their values as Hydra applies
+    them after composing. A 100-seed sweep composes once (0.1 to 0.2 s each on a busy 2-core machine), not 100 times."""
+    loader = GlobalHydra.instance().config_loader()
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    # config groups (method=aos, +row=...) change the defaults list; hydra.* keys are not in a job's config
+    shared = tuple(o.input_line for o in parsed if o.key_or_group.startswith("hydra") or loader.get_group_options(o.key_or_group))
+    if shared not in composed:
+        composed[shared] = compose(config.hydra.job.config_name, overrides=list(shared))
+    job = copy.deepcopy(composed[shared])
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.input_line not in shared], job)
+    return job
+
+
+def job_configs(config: DictConfig) -> list[DictConfig]:
+    """The config of every job of the multirun `config`, in the sweeper's order."""
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    return [job_config(config, overrides, composed) for overrides in job_overrides(config)]
+
+
 def check_values(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     """Every job's overrides and config, once each value has passed its check (in a second, before torch is imported)."""
     jobs, stacked = [], is_stacked(config.hydra.launcher)
+    composed: dict[tuple[str, ...], DictConfig] = {}
     for overrides in job_overrides(config):
         try:
-            jobs.append((overrides, compose(config.hydra.job.config_name, overrides=overrides)))
+            jobs.append((overrides, job_config(config, overrides, composed)))
             validate(jobs[-1][1])
             if stacked and (problem := stack_problem(jobs[-1][1])):
                 raise UsageError(problem)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, make_config
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from aos_bench import report, sweep
 from aos_bench.report import figures, paper
@@ -233,6 +233,21 @@ def sweep_config(*overrides: str) -> DictConfig:
     """The config a multirun's launching process sees (with its hydra node) for these command-line overrides."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_jobs_differing_in_values_share_one_composition_and_get_the_config_hydra_composes(monkeypatch):
+    grid = ["+row=mnist_step_mu0.3,cifar10_exp_rho100", "method=base,aos", "seed=0,1", "train.epochs=2", "hydra/launcher=joblib"]
+    config = sweep_config("experiment=methods", "train.epochs=2", "hydra/launcher=joblib")
+    config.hydra.overrides.task = ["experiment=methods", *grid]
+    composed = []
+    monkeypatch.setattr(sweep, "compose", lambda *args, **kwargs: composed.append(kwargs) or compose(*args, **kwargs))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        jobs = sweep.job_configs(config)
+        alone = [compose("config", overrides=overrides) for overrides in sweep.job_overrides(config)]
+    assert len(jobs) == 8 and len(composed) == 4  # one composition per row and method; the seeds share it
+    assert [OmegaConf.to_container(job, resolve=True) for job in jobs] == [OmegaConf.to_container(job, resolve=True) for job in alone]
+    assert sorted({(job.dataset.name, job.imbalance.kind, job.method.name, job.seed) for job in jobs}) == [
+        (dataset, kind, method, seed) for dataset, kind in [("cifar10", "exp"), ("mnist", "step")] for method in ["aos", "base"] for seed in [0, 1]]  # fmt: skip
 
 
 def test_same_command_reopens_its_parent_run_and_force_starts_a_new_one(tmp_path, empty_store):
