@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from aos_bench.checks import hydra_error_line, override_key, stack_problem, validate
 from aos_bench.errors import UsageError, reject
 from aos_bench.progress import watch
+from aos_bench.status import in_queue
 from aos_bench.store import require_reachable, tracking_key, tracking_uri
 
 if TYPE_CHECKING:  # mlflow and torch are imported where a sweep starts: Hydra builds this callback for single runs too
@@ -89,12 +90,25 @@ def open_parent(config: DictConfig, client: mlflow.MlflowClient, experiment_id: 
     if not last:
         return client.create_run(experiment_id, tags=tags | described, run_name=parent_name(config)).info.run_id
     run_id = last[0].info.run_id
+    if (array := last[0].data.tags.get("slurm_array")) and last[0].info.status == "RUNNING" and in_queue(array):
+        reject(f"sweep {run_id} still has jobs in SLURM's queue (array {array}): `python -m aos_bench.status --sweep {run_id}` "
+               f"says how far it is; wait for its end, or `scancel {array}`, then run this command again to resume it")  # fmt: skip
     client.update_run(run_id, status="RUNNING")
     for name, value in tags.items():
         client.set_tag(run_id, name, value)
     close_orphans(client, experiment_id, run_id)
     log.info("resuming sweep %s: its jobs with a FINISHED run are skipped (force=true reruns them all)", run_id)
     return run_id
+
+
+def record_launch(client: mlflow.MlflowClient, run_id: str, jobs: int) -> None:
+    """Tag the parent run with this launch: its jobs and start (ms), read by aos_bench.status; a detached launch's
+    SLURM tags are the detached launcher's to set again."""
+    client.set_tag(run_id, "jobs", str(jobs))
+    client.set_tag(run_id, "launched", str(int(time.time() * 1000)))
+    for name in ("slurm_array", "slurm_closer"):
+        if name in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, name)
 
 
 def close_orphans(client: mlflow.MlflowClient, experiment_id: str, run_id: str) -> None:
@@ -139,6 +153,11 @@ def close_stopped(uri: str, run_id: str, stopped: list[str] | None, jobs_in_proc
 def is_stacked(launcher: DictConfig) -> bool:
     """Whether this Hydra launcher is hydra/launcher=stacked."""
     return str(launcher.get("_target_", "")).endswith(".StackedLauncher")
+
+
+def is_detached(launcher: DictConfig) -> bool:
+    """Whether this Hydra launcher is hydra/launcher=slurm_detached: the command returns once the array is submitted."""
+    return str(launcher.get("_target_", "")).endswith(".DetachedSlurmLauncher")
 
 
 def jobs_in_process(launcher: DictConfig) -> bool:
@@ -245,43 +264,54 @@ class SweepTracking(Callback):
         try:
             experiment_id = ensure_experiment(self.uri, config.tracking.experiment)  # before any client: it opens the store
             self.run_id = open_parent(config, mlflow_client(self.uri), experiment_id)
+            record_launch(mlflow_client(self.uri), self.run_id, len(jobs))
         except Exception as error:
             reject(store_failure(self.uri, self.key, "create the sweep's parent run", error) + "; no job of this sweep has run")
         os.environ.update({SWEEP_ENV: self.run_id, "MLFLOW_TRACKING_URI": self.uri})  # inherited by every job
-        FINISH_PROGRESS[self.run_id] = watch(self.uri, self.run_id, len(jobs))
+        if not is_detached(config.hydra.launcher):  # a detached launch returns at once: aos_bench.status reads its progress
+            FINISH_PROGRESS[self.run_id] = watch(self.uri, self.run_id, len(jobs))
         # Hydra skips on_multirun_end when a job fails; a SIGKILL skips this too, leaving the parent RUNNING
         stopped: list[str] = []
         stop_on_signals(stopped)
         atexit.register(fail_if_running, self.uri, self.run_id, stopped, jobs_in_process(config.hydra.launcher), self.key)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run; a failure
-        stops the command with one line (every job's run is in the store by now, and stays)."""
-        from aos_bench.tracking import store_failure, ui_address
-
-        FINISH_PROGRESS.pop(self.run_id)()
-        try:
-            client = mlflow_client(self.uri)
-            client.set_terminated(self.run_id, "FINISHED")
-            log.info("MLflow: %s", ui_address(self.uri, client.get_run(self.run_id).info.experiment_id))
-        except Exception as error:
-            reject(store_failure(self.uri, self.key, "mark the sweep's parent run FINISHED", error) + "; its jobs' runs are kept")
-        if not self.report:
+        """Close the sweep: mark its parent run FINISHED and write its report (finish). A detached launch leaves the parent
+        RUNNING: the job queued after its array closes it."""
+        if is_detached(config.hydra.launcher):
+            atexit.unregister(fail_if_running)  # submitted: the parent runs on without this process
             return
-        from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
+        FINISH_PROGRESS.pop(self.run_id)()
+        finish(self.uri, self.key, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir), self.report)
 
-        # The sweep dir, not results/: a quick or partial sweep must not overwrite the committed tables;
-        # `python -m aos_bench.report` writes results/ on purpose.
-        try:
-            paths = write_report(self.uri, config.tracking.experiment, self.run_id, Path(config.hydra.sweep.dir))
-            for path in paths:
-                client.log_artifact(self.run_id, str(path), "report")
-        except UsageError as error:  # a report file of the sweep dir that is a link or a folder: refused, not the store's fault
-            reject(f"report: {error}; the runs are kept: `python -m aos_bench.report --sweep {self.run_id} --out DIR` writes it elsewhere")
-        except Exception as error:
-            line = store_failure(self.uri, self.key, "write the sweep's report", error)
-            reject(f"{line}; the runs are kept: `python -m aos_bench.report --sweep {self.run_id}` writes it again")
-        log.info("report: %s\n%s", paths[0], paths[0].read_text())
+
+def finish(uri: str, key: str, experiment: str, run_id: str, sweep_dir: Path, report: bool) -> None:
+    """Mark the parent run FINISHED, then write the report into the sweep dir and log it to the parent run; a failure
+    stops the command with one line (every job's run is in the store by now, and stays). key: where uri was set."""
+    from aos_bench.tracking import store_failure, ui_address
+
+    try:
+        client = mlflow_client(uri)
+        client.set_terminated(run_id, "FINISHED")
+        log.info("MLflow: %s", ui_address(uri, client.get_run(run_id).info.experiment_id))
+    except Exception as error:
+        reject(store_failure(uri, key, "mark the sweep's parent run FINISHED", error) + "; its jobs' runs are kept")
+    if not report:
+        return
+    from aos_bench.report import write_report  # here, not at the top: jobs instantiate this callback too
+
+    # The sweep dir, not results/: a quick or partial sweep must not overwrite the committed tables;
+    # `python -m aos_bench.report` writes results/ on purpose.
+    try:
+        paths = write_report(uri, experiment, run_id, sweep_dir)
+        for path in paths:
+            client.log_artifact(run_id, str(path), "report")
+    except UsageError as error:  # a report file of the sweep dir that is a link or a folder: refused, not the store's fault
+        reject(f"report: {error}; the runs are kept: `python -m aos_bench.report --sweep {run_id} --out DIR` writes it elsewhere")
+    except Exception as error:
+        line = store_failure(uri, key, "write the sweep's report", error)
+        reject(f"{line}; the runs are kept: `python -m aos_bench.report --sweep {run_id}` writes it again")
+    log.info("report: %s\n%s", paths[0], paths[0].read_text())
 
 
 def mlflow_client(uri: str) -> mlflow.MlflowClient:
