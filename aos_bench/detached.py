@@ -93,7 +93,7 @@ def close(uri: str, key: str, experiment: str, run_id: str, sweep_dir: Path, rep
     without = missing - len(status.failed) - len(status.running)
     parts = [f"{missing} of {status.total} jobs did not finish"] + ([f"failed: {failed}"] if failed else [])
     if without > 0:
-        parts.append(f"{without} without a run (cancelled before they started, or killed before they logged)")
+        parts.append(f"{without} without a run (cancelled before they started, or stopped before they logged: their logs are in {sweep_dir}/.submitit)")
     client.set_tag(run_id, "error", "; ".join(parts) + "; the same command resumes the sweep")
     client.set_terminated(run_id, "FAILED")
     log.info("sweep %s: FAILED: %s", run_id, "; ".join(parts))

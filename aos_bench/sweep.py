@@ -32,6 +32,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -193,6 +194,7 @@ def composer(config: DictConfig) -> Callable[[list[str]], DictConfig]:
     loader, parser = GlobalHydra.instance().config_loader(), OverridesParser.create()
     composed: dict[tuple[str, ...], DictConfig] = {}
     groups: dict[str, bool] = {}  # whether a key is a config group: Hydra's look-up scans the config folders (0.04 s)
+    parsed: dict[str, Override] = {}  # each override once: jobs share most of theirs, and Hydra's parser takes ms each
 
     def is_shared(key: str) -> bool:
         """Config groups (method=aos, +row=...) change the defaults list; hydra.* keys are not in a job's config."""
@@ -202,12 +204,14 @@ def composer(config: DictConfig) -> Callable[[list[str]], DictConfig]:
 
     def job_config(overrides: list[str]) -> DictConfig:
         """One job's config."""
-        parsed = parser.parse_overrides(overrides)
-        shared = tuple(o.input_line for o in parsed if is_shared(o.key_or_group))
+        for line in overrides:
+            if line not in parsed:
+                parsed[line] = parser.parse_override(line)
+        shared = tuple(line for line in overrides if is_shared(parsed[line].key_or_group))
         if shared not in composed:
             composed[shared] = compose(config.hydra.job.config_name, overrides=list(shared))
         job = copy.deepcopy(composed[shared])
-        ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not is_shared(o.key_or_group)], job)
+        ConfigLoaderImpl._apply_overrides_to_config([parsed[line] for line in overrides if line not in shared], job)
         return job
 
     return job_config
