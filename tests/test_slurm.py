@@ -196,6 +196,11 @@ def test_detached_launch_of_100_jobs_returns_within_10_s_and_its_status_matches_
     assert elapsed < 10, f"the launch of 100 jobs took {elapsed:.1f} s"
     output, counts = status(tmp_path, env)
     assert counts == {"jobs": 100, "queued": 100, "running": 0, "FINISHED": 0, "FAILED": 0, "gone": 0}, output
+    again = sweep(tmp_path, env, *args, launcher=DETACHED)  # the same command while its array is queued: both would run the jobs
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"aos_bench: sweep {parents['run_id'].iloc[0]} still has jobs in SLURM's queue (array {array}): `python -m aos_bench.status "
+        f"--sweep {parents['run_id'].iloc[0]}` says how far it is; wait for its end, or `scancel {array}`, then run this command again to resume it"]  # fmt: skip
+    assert stored()[0][["tags.slurm_array", "status"]].values.tolist() == [[array, "RUNNING"]]  # the sweep goes on as it was
 
     subprocess.run(["scancel", array], env=env, check=True)  # the whole array: its closing job still runs (afterany)
     parent = wait_closed(env, timeout_s=240)
