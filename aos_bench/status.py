@@ -84,7 +84,7 @@ def in_queue(array: str) -> dict[str, int] | None:
     """The tasks of a SLURM array in the queue, by state (PENDING, RUNNING, COMPLETING, ...): {} once the array has
     left it; None where squeue does not answer (no SLURM on this machine)."""
     try:
-        result = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if result.returncode != 0:

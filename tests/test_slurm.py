@@ -49,7 +49,7 @@ def command(tmp_path: Path, *args: str, launcher: list[str] = SLURM) -> list[str
 def sweep(tmp_path: Path, env: dict[str, str], *args: str, launcher: list[str] = SLURM) -> subprocess.CompletedProcess:
     """Run the sweep's command to its end from tmp_path (a detached one returns once submitted)."""
     run = command(tmp_path, *args, launcher=launcher)
-    return subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def stored() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -152,7 +152,7 @@ def wait_closed(env: dict[str, str], timeout_s: float) -> pd.Series:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         parent = stored()[0].iloc[0]
-        closer = subprocess.run(["squeue", "-h", "-j", parent["tags.slurm_closer"]], env=env, capture_output=True, text=True)
+        closer = subprocess.run(["squeue", "-h", "-j", parent["tags.slurm_closer"]], env=env, capture_output=True, text=True, check=False)
         if parent["status"] != "RUNNING" and not closer.stdout.strip():
             return stored()[0].iloc[0]
         time.sleep(1)
@@ -164,7 +164,7 @@ def status(tmp_path: Path, env: dict[str, str]) -> tuple[str, dict[str, int]]:
     FAILED, gone) with the total as `jobs`."""
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
     result = subprocess.run([sys.executable, "-m", "aos_bench.status", "--tracking-uri", store], env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+                            text=True, timeout=120, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if " jobs: " in line)
     total, counts = line.split(" jobs: ")
@@ -197,9 +197,9 @@ def test_detached_launch_of_100_jobs_returns_within_10_s_and_its_status_matches_
     output, counts = status(tmp_path, env)
     assert counts == {"jobs": 100, "queued": 100, "running": 0, "FINISHED": 0, "FAILED": 0, "gone": 0}, output
     again = sweep(tmp_path, env, *args, launcher=DETACHED)  # the same command while its array is queued: both would run the jobs
-    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
-        f"aos_bench: sweep {parents['run_id'].iloc[0]} still has jobs in SLURM's queue (array {array}): `python -m aos_bench.status "
-        f"--sweep {parents['run_id'].iloc[0]}` says how far it is; wait for its end, or `scancel {array}`, then run this command again to resume it"]  # fmt: skip
+    refused = (f"aos_bench: sweep {parents['run_id'].iloc[0]} still has jobs in SLURM's queue (array {array}): `python -m aos_bench.status "
+               f"--sweep {parents['run_id'].iloc[0]}` says how far it is; wait for its end, or `scancel {array}`, then run this command again to resume it")  # fmt: skip
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [refused]
     assert stored()[0][["tags.slurm_array", "status"]].values.tolist() == [[array, "RUNNING"]]  # the sweep goes on as it was
 
     subprocess.run(["scancel", array], env=env, check=True)  # the whole array: its closing job still runs (afterany)
@@ -229,7 +229,7 @@ def test_detached_sweep_is_closed_by_its_last_job_and_the_same_command_reruns_on
     result = sweep(tmp_path, env, *LONG, "seed=0,1", launcher=DETACHED)  # the same command: resumes the sweep
     assert result.returncode == 0, result.stderr
     parent = wait_closed(env, timeout_s=240)
-    parents_after, children_after = stored()
+    _, children_after = stored()
     assert parent["status"] == "FINISHED" and parent["run_id"] == parents["run_id"].iloc[0]
     new = children_after[~children_after["run_id"].isin(children["run_id"])]
     assert new[["params.seed", "status"]].values.tolist() == [["1", "FINISHED"]], "only the cancelled job ran again"

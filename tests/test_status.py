@@ -26,7 +26,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 def status(uri: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """`python -m aos_bench.status --tracking-uri URI ARGS`."""
     command = [sys.executable, "-m", "aos_bench.status", "--tracking-uri", uri, *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_counts_one_run_per_config_and_only_the_latest_launchs_failures_with_an_eta_from_finished_jobs(tmp_path, env):
@@ -81,7 +81,7 @@ def test_a_local_sweeps_status_matches_its_store(tmp_path, env):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,ros", "seed=0", "train.max_steps=1", "hydra.callbacks.sweep.report=false",
             f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun"]  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "aos_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "aos_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     runs = mlflow.MlflowClient(uri).search_runs([ensure_experiment(uri, "aos_bench")], "tags.sweep LIKE '%'")
     assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]

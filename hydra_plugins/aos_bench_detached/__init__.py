@@ -13,6 +13,7 @@ class DetachedSlurmLauncher(SlurmLauncher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """Submit, and return at once: one JobReturn per job, with no value (the jobs' runs hold their results)."""
-        from aos_bench.detached import submit  # here: `python -m aos_bench` registers this class before MLflow is imported
+        # imported here: `python -m aos_bench` registers this class before MLflow is imported
+        from aos_bench.detached import submit
 
         return submit(self, job_overrides, initial_job_idx)
