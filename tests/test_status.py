@@ -1,5 +1,6 @@
 """`python -m aos_bench.status`: how far a sweep is, counted from its store (one run per config, only the latest launch's
-failures), on a store written by hand and on a real local sweep; unknown sweeps get one line."""
+failures), on a store written by hand; unknown sweeps get one line. A real local sweep's status, interrupted and
+resumed: tests/test_sweep.py; detached SLURM sweeps: tests/test_slurm.py."""
 
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import mlflow
 import pytest
 from conftest import ROOT
 
+from aos_bench.status import main
 from aos_bench.tracking import ensure_experiment
 
 MINUTE = 60_000  # ms, as MLflow's times
@@ -64,27 +66,17 @@ def test_counts_one_run_per_config_and_only_the_latest_launchs_failures_with_an_
     assert status(uri, env, "--sweep", parent).stdout.splitlines()[1].startswith("6 jobs: 0 queued, 1 running, 2 FINISHED, 1 FAILED, 2 not run; ended ")
 
 
-def test_an_unknown_sweep_or_a_job_run_is_refused_in_one_line(tmp_path, env):
+def test_an_unknown_sweep_or_a_job_run_is_refused_in_one_line(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     experiment_id = ensure_experiment(uri, "aos_bench")
     job = mlflow.MlflowClient(uri).create_run(experiment_id, tags={"sweep": "abc"}).info.run_id
+    capsys.readouterr()  # MLflow's lines as it created the store
     for args, says in [(["--sweep", "nosuchrun"], "aos_bench: status: no run 'nosuchrun' in this store"),
                        (["--sweep", job], f"aos_bench: status: run {job} is not a sweep's parent run (a job's run: its sweep is abc)"),
                        (["--experiment", "other"], f"aos_bench: status: no experiment 'other' at {uri}"),
                        ([], "aos_bench: status: no sweep in this experiment yet")]:  # fmt: skip
-        result = status(uri, env, *args)
-        assert result.returncode == 2 and result.stdout == "", result.stderr
-        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(says), result.stderr
-
-
-def test_a_local_sweeps_status_matches_its_store(tmp_path, env):
-    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
-    args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,ros", "seed=0", "train.max_steps=1", "hydra.callbacks.sweep.report=false",
-            f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/multirun"]  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "aos_bench", "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    runs = mlflow.MlflowClient(uri).search_runs([ensure_experiment(uri, "aos_bench")], "tags.sweep LIKE '%'")
-    assert [run.info.status for run in runs] == ["FINISHED", "FINISHED"]
-    lines = status(uri, env).stdout.splitlines()
-    assert lines[0].endswith("(smoke sweep imbalance.mu=0.3 method=base,ros seed=0): FINISHED")
-    assert lines[1].startswith("2 jobs: 0 queued, 0 running, 2 FINISHED, 0 FAILED; ended ")
+        with pytest.raises(SystemExit) as stopped:
+            main(["--tracking-uri", uri, *args])
+        out, err = capsys.readouterr()
+        assert stopped.value.code == 2 and out == "", err
+        assert len(err.splitlines()) == 1 and err.startswith(says), err

@@ -303,6 +303,7 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     client.update_run(run_of_seed["1"], status="RUNNING")
     client.delete_run(run_of_seed["2"])
     client.set_terminated(parents["run_id"].iloc[0], "FAILED")
+    assert status_line(tmp_path, env).startswith("4 jobs: 0 queued, 1 running, 2 FINISHED, 0 FAILED, 1 not run; ended ")
 
     result = sweep_cli(tmp_path, env, *args)  # the same sweep, resumed with the default launcher
     assert result.returncode == 0, result.stderr
@@ -317,6 +318,15 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     assert {run_of_seed["0"], run_of_seed["3"]} <= set(finished["run_id"])
     assert sorted(children["status"]) == ["FINISHED"] * 4 + ["KILLED"]  # the resume closed seed 1's orphan run
     assert "resume reruns" in client.get_run(run_of_seed["1"]).data.tags["error"]
+    assert status_line(tmp_path, env).startswith("4 jobs: 0 queued, 0 running, 4 FINISHED, 0 FAILED; ended ")  # one run per config
+
+
+def status_line(tmp_path: Path, env: dict[str, str]) -> str:
+    """The counts line of `python -m aos_bench.status` for the latest sweep of the store under tmp_path."""
+    command = [sys.executable, "-m", "aos_bench.status", "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()[1]
 
 
 @pytest.mark.slow  # 21 s; CI's `pytest -m slurm` runs the submitit plugin against a real SLURM controller
