@@ -76,13 +76,17 @@ def hydra_reports_errors() -> None:
 
 
 def register_launcher() -> None:
-    """Make hydra/launcher=stacked instantiable: Hydra finds plugins by scanning the hydra_plugins namespace, which an
-    editable install (pip install -e) hides from that scan, so the class is registered by hand as well."""
+    """Make hydra/launcher=stacked and slurm_detached, and hydra/sweeper=checked, instantiable: Hydra finds plugins by scanning the
+    hydra_plugins namespace, which an editable install (pip install -e) hides from that scan, so the classes are
+    registered by hand as well."""
     from hydra.core.plugins import Plugins
 
+    from hydra_plugins.aos_bench_checked import CheckedSweeper
+    from hydra_plugins.aos_bench_detached import DetachedSlurmLauncher
     from hydra_plugins.aos_bench_stacked import StackedLauncher
 
-    Plugins.instance().register(StackedLauncher)
+    for plugin in (StackedLauncher, DetachedSlurmLauncher, CheckedSweeper):
+        Plugins.instance().register(plugin)
 
 
 def group_options(group: str) -> str:

@@ -89,7 +89,7 @@ def credentials() -> tuple[str | None, str | None]:
     if password and not password.isascii():  # the server decodes basic auth as ASCII on its artifact routes: every upload fails
         source = names[1] if os.environ.get(names[1]) else f"{path} (mlflow_tracking_password)"
         reject(f"{source}: the password holds characters outside ASCII, which the MLflow server refuses on its artifact "
-               "routes (HTTP 401); allowed: a password of ASCII characters")  # fmt: skip
+               "routes (HTTP 401); allowed: a password of ASCII characters")
     return user, password
 
 

@@ -141,7 +141,7 @@ def test_a_password_outside_ascii_is_refused_before_any_request(env, locked, cap
         server_problem(locked)
     assert stop.value.code == 2
     assert capsys.readouterr().err == ("aos_bench: MLFLOW_TRACKING_PASSWORD: the password holds characters outside ASCII, which the MLflow "
-                                       "server refuses on its artifact routes (HTTP 401); allowed: a password of ASCII characters\n")  # fmt: skip
+                                       "server refuses on its artifact routes (HTTP 401); allowed: a password of ASCII characters\n")
 
 
 def test_a_uri_with_credentials_from_the_environment_or_the_report_is_refused(tmp_path, capsys):
@@ -182,7 +182,7 @@ def test_sweep_and_run_with_credentials_finish_and_write_no_password(tmp_path, t
     logged = [f"{name}={value}" for run in [*runs, single_run] for name, value in {**run.data.params, **run.data.tags}.items()]
     printed = capsys.readouterr()
     hydra_files = {tmp_path / name for name in ("multirun/multirun.yaml", "multirun/0/.hydra/config.yaml", "multirun/1/__main__.log",
-                                                "run/.hydra/hydra.yaml", "run/.hydra/overrides.yaml", "run/__main__.log")}  # fmt: skip
+                                                "run/.hydra/hydra.yaml", "run/.hydra/overrides.yaml", "run/__main__.log")}
     assert all(path.is_file() for path in hydra_files) and all(files.values())  # the job logs and configs, the artifacts downloaded
     printed_lines = [result.stdout, result.stderr, single.stdout, single.stderr, printed.out, printed.err]
     store = [*tmp_path_factory.getbasetemp().glob("locked*/server")]  # the server's runs, artifacts, auth store and log

@@ -113,7 +113,7 @@ def test_a_sweep_runs_past_a_diverged_job_reports_the_others_and_names_it(tmp_pa
     escaped = uri.replace(":", "\\:")  # as Hydra writes a job's override values
     failed = [f"`dataset=synthetic train=smoke train.lr=1000000.0 seed={seed} tracking.uri={escaped}` (Diverged: the training loss is nan" for seed in (0, 1)]
     assert re.fullmatch(rf"aos_bench: 2 of the sweep's jobs failed: {re.escape(failed[0])}.*, {re.escape(failed[1])}.*; the same command reruns them",
-                        result.stderr.splitlines()[-1])  # fmt: skip
+                        result.stderr.splitlines()[-1])
     runs = store_runs(uri)
     parent = next(run for run in runs if "sweep_key" in run.data.tags)
     assert parent.info.status == "FAILED" and parent.data.tags["error"] == result.stderr.splitlines()[-1].removeprefix("aos_bench: ")
@@ -221,7 +221,7 @@ def test_a_store_that_cannot_be_written_stops_a_run_and_a_sweep_in_one_line_befo
     hint = {"read-only folder": f"{disk}/new cannot be written (read-only); {writable}",
             "read-only store": f"{disk}/mlruns cannot be written (read-only); {writable}",
             "full disk": f"the disk that holds {disk}/mlruns is full; free space there",
-            "locked store": f"another process holds the write lock of {disk}/mlruns/mlflow.db (`fuser` names it); let it finish or stop it"}[fault]  # fmt: skip
+            "locked store": f"another process holds the write lock of {disk}/mlruns/mlflow.db (`fuser` names it); let it finish or stop it"}[fault]
     for result in results:
         assert result.returncode == 2, result.stderr
         assert result.stderr.splitlines() == [f"aos_bench: tracking.uri={uri}: {hint}, then rerun the same command"]
@@ -246,7 +246,7 @@ def test_a_disk_that_fills_during_a_sweep_ends_it_in_one_line_and_the_resume_fin
     assert process.returncode == 2 and "Traceback" not in out + err, err
     lines = [line for line in err.splitlines() if line.startswith("aos_bench:")]
     assert lines == [f"aos_bench: tracking.uri={uri}: could not log this job's run: the disk that holds {disk}/mlruns is full; "
-                     "free space there, then rerun the same command"], err  # fmt: skip
+                     "free space there, then rerun the same command"], err
 
     filler.unlink()  # mended: the same command resumes, trains the long job again and ends the parent clean
     resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -269,6 +269,6 @@ def test_an_artifact_disk_that_fills_after_training_ends_the_run_in_one_line(tmp
     result = aos_bench(tmp_path, "dataset=synthetic", "train=smoke", f"tracking.uri=sqlite:///{db}")
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr, result.stderr
     assert result.stderr.splitlines()[-1] == (f"aos_bench: tracking.uri=sqlite:///{db}: could not log this job's results: the disk that holds "
-                                              f"{tmp_path}/mlruns is full; free space there, then rerun the same command")  # fmt: skip
+                                              f"{tmp_path}/mlruns is full; free space there, then rerun the same command")
     [run] = store_runs(f"sqlite:///{db}")
     assert run.info.status == "FAILED" and "test_f1_macro" in run.data.metrics  # trained and scored; its figures lost

@@ -1,10 +1,12 @@
-"""Sweeps on a real SLURM controller through hydra/launcher=submitit_slurm: nesting, the report, a cancelled job, resume.
+"""Sweeps on a real SLURM controller through hydra/launcher=submitit_slurm: nesting, the report, a cancelled job, resume;
+and through hydra/launcher=slurm_detached: a launch that returns, its status, the job that closes it.
 
 Run with `python -m pytest -m slurm` as root; the slurm_cluster fixture starts a one-node cluster
 (scripts/local_slurm.sh) and skips, with the reason, where it cannot.
 """
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ pytestmark = [
 
 SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=2"]
+DETACHED = ["hydra/launcher=slurm_detached", *SLURM[1:]]
 # a job that trains long enough to be cancelled mid-run: 80 epochs of 63 steps, about 7 s on a quiet CPU core
 LONG = ["dataset=synthetic", "train=smoke", "method=base", "train.max_steps=null", "train.epochs=80"]
 
@@ -37,15 +40,16 @@ def env(slurm_cluster: dict[str, str], tmp_path: Path) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **slurm_cluster}
 
 
-def command(tmp_path: Path, *args: str) -> list[str]:
+def command(tmp_path: Path, *args: str, launcher: list[str] = SLURM) -> list[str]:
     """`python -m aos_bench -m ARGS` on SLURM, with the store given by tracking.uri and the sweep dir under tmp_path."""
     store = f"tracking.uri=sqlite:///{tmp_path}/store/mlflow.db"
-    return [sys.executable, "-m", "aos_bench", "-m", *args, *SLURM, store, f"hydra.sweep.dir={tmp_path}/multirun"]
+    return [sys.executable, "-m", "aos_bench", "-m", *args, *launcher, store, f"hydra.sweep.dir={tmp_path}/multirun"]
 
 
-def sweep(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """Run the sweep to its end from tmp_path."""
-    return subprocess.run(command(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def sweep(tmp_path: Path, env: dict[str, str], *args: str, launcher: list[str] = SLURM) -> subprocess.CompletedProcess:
+    """Run the sweep's command to its end from tmp_path (a detached one returns once submitted)."""
+    run = command(tmp_path, *args, launcher=launcher)
+    return subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
 def stored() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -77,12 +81,13 @@ def test_four_job_sweep_nests_every_run_under_one_parent_and_writes_the_report(t
     assert "| synthetic | 0.3 | 20 |" in (tmp_path / "multirun" / "smoke.md").read_text()
 
 
-def wait_for_epoch(launcher: subprocess.Popen, seed: str, timeout_s: float) -> None:
-    """Wait until the run of this seed is RUNNING and has logged its first epoch's train_loss."""
+def wait_for_epoch(launcher: subprocess.Popen | None, seed: str, timeout_s: float) -> None:
+    """Wait until the run of this seed is RUNNING and has logged its first epoch's train_loss (while the launcher, if
+    the sweep has one still running, runs)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        assert launcher.poll() is None, "the sweep ended before its job ran: see launcher.log"
+        assert launcher is None or launcher.poll() is None, "the sweep ended before its job ran: see launcher.log"
         if mlflow.get_experiment_by_name("aos_bench") is None:  # the launcher creates it
             continue
         running = f"params.seed = '{seed}' and attributes.status = 'RUNNING'"
@@ -139,3 +144,97 @@ def test_jobs_find_the_data_through_data_dir_and_the_store_through_tracking_uri(
     counts = json.loads(mlflow.artifacts.load_text(f"runs:/{children['run_id'].iloc[0]}/class_counts.json"))
     assert counts["classes"] == classes and counts["imbalanced"] == [8, 8, 8]
     assert not (tmp_path / "mlruns").exists(), "the store is the one tracking.uri names"
+
+
+def wait_closed(env: dict[str, str], timeout_s: float) -> pd.Series:
+    """Wait until the store's one parent run has left RUNNING and its closing job has left the queue (it marks the
+    parent, then writes the report); return the parent."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        parent = stored()[0].iloc[0]
+        closer = subprocess.run(["squeue", "-h", "-j", parent["tags.slurm_closer"]], env=env, capture_output=True, text=True, check=False)
+        if parent["status"] != "RUNNING" and not closer.stdout.strip():
+            return stored()[0].iloc[0]
+        time.sleep(1)
+    raise AssertionError(f"the parent run is still RUNNING after {timeout_s} s: its closing job did not close it")
+
+
+def status(tmp_path: Path, env: dict[str, str]) -> tuple[str, dict[str, int]]:
+    """`python -m aos_bench.status` of the test's store: its output and its counts by name (queued, running, FINISHED,
+    FAILED, gone) with the total as `jobs`."""
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    result = subprocess.run([sys.executable, "-m", "aos_bench.status", "--tracking-uri", store], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if " jobs: " in line)
+    total, counts = line.split(" jobs: ")
+    found = {"jobs": int(total), "gone": 0} | {name: int(n) for n, name in re.findall(r"(\d+) (queued|running|FINISHED|FAILED)", counts)}
+    if gone := re.search(r"(\d+) gone from the queue", counts):
+        found["gone"] = int(gone[1])
+    return result.stdout, found
+
+
+def store_counts(children: pd.DataFrame) -> dict[str, int]:
+    """The job runs of the store by status, as status counts them: FAILED includes KILLED."""
+    by = children["status"].value_counts()
+    return {"running": by.get("RUNNING", 0), "FINISHED": by.get("FINISHED", 0), "FAILED": by.get("FAILED", 0) + by.get("KILLED", 0)}
+
+
+def test_detached_launch_of_100_jobs_returns_within_10_s_and_its_status_matches_the_queue_and_the_store(tmp_path, env):
+    mlflow.search_experiments()  # the store's tables, made before the timing (a first launch into a new store makes them)
+    # the tasks wait a minute before they start, as on a cluster, where they would not share the login node's 2 cores
+    args = ["dataset=synthetic", "train=smoke", "method=base", "seed=range(100)", "+hydra.launcher.additional_parameters.begin=now+60"]
+    start = time.monotonic()
+    result = sweep(tmp_path, env, *args, launcher=DETACHED)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    parents, _ = stored()
+    assert parents["status"].tolist() == ["RUNNING"]  # the launch has returned; the sweep goes on
+    array = parents["tags.slurm_array"].iloc[0]
+    tasks = subprocess.run(["squeue", "-h", "-r", "-j", array, "-o", "%T"], env=env, capture_output=True, text=True, check=True)
+    assert tasks.stdout.split() == ["PENDING"] * 100  # one array of 100 tasks
+    assert elapsed < 10, f"the launch of 100 jobs took {elapsed:.1f} s"
+    output, counts = status(tmp_path, env)
+    assert counts == {"jobs": 100, "queued": 100, "running": 0, "FINISHED": 0, "FAILED": 0, "gone": 0}, output
+    again = sweep(tmp_path, env, *args, launcher=DETACHED)  # the same command while its array is queued: both would run the jobs
+    refused = (f"aos_bench: sweep {parents['run_id'].iloc[0]} still has jobs in SLURM's queue (array {array}): `python -m aos_bench.status "
+               f"--sweep {parents['run_id'].iloc[0]}` says how far it is; wait for its end, or `scancel {array}`, then run this command again to resume it")
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [refused]
+    assert stored()[0][["tags.slurm_array", "status"]].values.tolist() == [[array, "RUNNING"]]  # the sweep goes on as it was
+
+    subprocess.run(["scancel", array], env=env, check=True)  # the whole array: its closing job still runs (afterany)
+    parent = wait_closed(env, timeout_s=240)
+    assert parent["status"] == "FAILED" and "100 of 100 jobs did not finish; 100 without a run (cancelled" in parent["tags.error"]
+    output, counts = status(tmp_path, env)
+    assert counts == {"jobs": 100, "queued": 0, "running": 0, "FINISHED": 0, "FAILED": 0, "gone": 100}, output
+    assert stored()[1].empty  # no job ran
+
+
+def test_detached_sweep_is_closed_by_its_last_job_and_the_same_command_reruns_only_the_cancelled_one(tmp_path, env):
+    mlflow.search_experiments()  # the store's tables, made now: this process polls it while the jobs write it
+    result = sweep(tmp_path, env, *LONG, "seed=0,1", launcher=DETACHED)
+    assert result.returncode == 0, result.stderr
+    assert stored()[0]["status"].tolist() == ["RUNNING"]
+    wait_for_epoch(None, "1", timeout_s=180)
+    subprocess.run(["scancel", array_task(1, env)], env=env, check=True)
+    parent = wait_closed(env, timeout_s=240)
+    parents, children = stored()
+    assert parent["status"] == "FAILED" and "1 of 2 jobs did not finish" in parent["tags.error"], parent["tags.error"]
+    assert "seed=1 (KILLED)" in parent["tags.error"]
+    output, counts = status(tmp_path, env)
+    assert counts == {"jobs": 2, "queued": 0, "gone": 0} | store_counts(children) == {"jobs": 2, "queued": 0, "gone": 0, "running": 0,
+                                                                                        "FINISHED": 1, "FAILED": 1}, output
+    assert "KILLED: base synthetic" in output and "seed=1" in output
+
+    result = sweep(tmp_path, env, *LONG, "seed=0,1", launcher=DETACHED)  # the same command: resumes the sweep
+    assert result.returncode == 0, result.stderr
+    parent = wait_closed(env, timeout_s=240)
+    _, children_after = stored()
+    assert parent["status"] == "FINISHED" and parent["run_id"] == parents["run_id"].iloc[0]
+    new = children_after[~children_after["run_id"].isin(children["run_id"])]
+    assert new[["params.seed", "status"]].values.tolist() == [["1", "FINISHED"]], "only the cancelled job ran again"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "report")}
+    assert artifacts == {"report/sweep.md", "report/sweep.csv", "report/sweep.png", "report/sweep_runs.csv"}
+    assert (tmp_path / "multirun" / "sweep.md").exists()
+    output, counts = status(tmp_path, env)
+    assert counts == {"jobs": 2, "queued": 0, "running": 0, "FINISHED": 2, "FAILED": 0, "gone": 0}, output

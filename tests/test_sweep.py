@@ -1,6 +1,9 @@
 """Sweeps: the presets, one MLflow parent run per sweep, resume, parallel launchers and the report."""
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -8,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, make_config
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from sweeps import TINY, copy_store, stored, sweep_cli
 
 from aos_bench import report, sweep
@@ -191,6 +194,21 @@ def sweep_config(*overrides: str) -> DictConfig:
         return compose("config", overrides=list(overrides), return_hydra_config=True)
 
 
+def test_jobs_differing_in_values_share_one_composition_and_get_the_config_hydra_composes(monkeypatch):
+    grid = ["+row=mnist_step_mu0.3,cifar10_exp_rho100", "method=base,aos", "seed=0,1", "train.epochs=2", "hydra/launcher=joblib"]
+    config = sweep_config("experiment=methods", "train.epochs=2", "hydra/launcher=joblib")
+    config.hydra.overrides.task = ["experiment=methods", *grid]
+    composed = []
+    monkeypatch.setattr(sweep, "compose", lambda *args, **kwargs: composed.append(kwargs) or compose(*args, **kwargs))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        jobs = sweep.job_configs(config)
+        alone = [compose("config", overrides=overrides) for overrides in sweep.job_overrides(config)]
+    assert len(jobs) == 8 and len(composed) == 4  # one composition per row and method; the seeds share it
+    assert [OmegaConf.to_container(job, resolve=True) for job in jobs] == [OmegaConf.to_container(job, resolve=True) for job in alone]
+    assert sorted({(job.dataset.name, job.imbalance.kind, job.method.name, job.seed) for job in jobs}) == [
+        (dataset, kind, method, seed) for dataset, kind in [("cifar10", "exp"), ("mnist", "step")] for method in ["aos", "base"] for seed in [0, 1]]
+
+
 def test_same_command_reopens_its_parent_run_and_force_starts_a_new_one(tmp_path, empty_store):
     uri = copy_store(empty_store, tmp_path)
     experiment_id = ensure_experiment(uri, "aos_bench")
@@ -245,6 +263,7 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     client.update_run(run_of_seed["1"], status="RUNNING")
     client.delete_run(run_of_seed["2"])
     client.set_terminated(parents["run_id"].iloc[0], "FAILED")
+    assert status_line(tmp_path, env).startswith("4 jobs: 0 queued, 1 running, 2 FINISHED, 0 FAILED, 1 not run; ended ")
 
     result = sweep_cli(tmp_path, env, *args)  # the same sweep, resumed with the default launcher
     assert result.returncode == 0, result.stderr
@@ -259,6 +278,15 @@ def test_parallel_sweep_logs_every_run_then_resumes_only_its_missing_jobs(tmp_pa
     assert {run_of_seed["0"], run_of_seed["3"]} <= set(finished["run_id"])
     assert sorted(children["status"]) == ["FINISHED"] * 4 + ["KILLED"]  # the resume closed seed 1's orphan run
     assert "resume reruns" in client.get_run(run_of_seed["1"]).data.tags["error"]
+    assert status_line(tmp_path, env).startswith("4 jobs: 0 queued, 0 running, 4 FINISHED, 0 FAILED; ended ")  # one run per config
+
+
+def status_line(tmp_path: Path, env: dict[str, str]) -> str:
+    """The counts line of `python -m aos_bench.status` for the latest sweep of the store under tmp_path."""
+    command = [sys.executable, "-m", "aos_bench.status", "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()[1]
 
 
 @pytest.mark.slow  # 21 s; CI's `pytest -m slurm` runs the submitit plugin against a real SLURM controller

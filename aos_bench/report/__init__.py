@@ -64,12 +64,19 @@ def write_report(uri: str, experiment: str, sweep: str, out: Path, row: str | No
     return write_paper(name, parents, runs, sweep, out, preset, row)
 
 
+def sweep_arguments(parser: argparse.ArgumentParser, sweep_help: str = "the sweep's parent run id, or latest (default)") -> argparse.ArgumentParser:
+    """Add the options that find one sweep, as the report and `python -m aos_bench.status` take them: --tracking-uri,
+    --experiment, --sweep; returns the parser."""
+    parser.add_argument("--tracking-uri", default=tracking_uri({}), help="MLflow store (default: %(default)s)")
+    parser.add_argument("--experiment", default="aos_bench", help="MLflow experiment (default: %(default)s)")
+    parser.add_argument("--sweep", default="latest", help=sweep_help)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: write one sweep's report."""
     parser = argparse.ArgumentParser(prog="python -m aos_bench.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--tracking-uri", default=tracking_uri({}), help="MLflow store (default: %(default)s)")
-    parser.add_argument("--experiment", default="aos_bench", help="MLflow experiment (default: %(default)s)")
-    parser.add_argument("--sweep", default="latest", help="the sweep's parent run id, several joined by commas, or latest (default)")
+    sweep_arguments(parser, "the sweep's parent run id, several joined by commas, or latest (default)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for the files (default: %(default)s)")
     parser.add_argument("--row", help="DATASET,MU of the per-class plot, e.g. mnist,0.9 (default: the largest mu)")
     args = parser.parse_args(argv)
