@@ -4,6 +4,7 @@ percentile of the time one job takes to log, errors, and runs lost or left RUNNI
 
     python scripts/load_test.py                                    # 32 jobs, 8 at once, 20 epochs; both stores
     python scripts/load_test.py --jobs 64 --parallel 16 --write results/load_test.md
+    python scripts/load_test.py --jobs 500 --parallel 64 --pool 40 # the PostgreSQL server with 40 + 40 connections a worker
 
 A job here is a real job's logging without its training: aos_bench.tracking.job_run on the smoke preset's config (its
 params, tags and config.yaml, nested under one parent run as in a sweep), then `--epochs` epochs of per-epoch metrics,
@@ -60,12 +61,15 @@ def healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend: str, folder: Path, workers: int) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 at a free port, its runs in `backend`, its artifacts under folder; yields its URL."""
+def mlflow_server(backend: str, folder: Path, workers: int, pool: int | None = None) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 at a free port, its runs in `backend`, its artifacts under folder; yields its URL.
+    pool: database connections each worker keeps, and as many more at a peak (MLflow's default: 5, and 10 more)."""
     port = free_port()
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
                str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job runner
+    if pool:
+        env |= {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(pool), "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(pool)}
     with open(folder / "server.log", "w") as log:  # its own process group: uvicorn runs in a child process
         process = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=8, help=f"jobs logging at once, at most {MAX_PARALLEL} (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=20, help="per-epoch metric steps a job logs (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="the server's uvicorn worker processes (default: %(default)s)")
+    parser.add_argument("--pool", type=int, help="the PostgreSQL server's connections per worker, and as many more at a peak "
+                        "(MLFLOW_SQLALCHEMYSTORE_POOL_SIZE and _MAX_OVERFLOW; default: MLflow's, 5 and 10 more)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds of logging per store before the rest count as errors")
     parser.add_argument("--stores", default="sqlite,postgresql", help="which servers, in order (default: %(default)s)")
     parser.add_argument("--write", type=Path, help="also write the figures, with this command, to this markdown file")
@@ -208,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                         backend = stack.enter_context(postgres_database())
                     else:
                         parser.error(f"--stores: sqlite or postgresql, not {store}")
-                    url = stack.enter_context(mlflow_server(backend, Path(folder), args.workers))
+                    pool = args.pool if store == "postgresql" else None  # SQLite's one writer gains nothing from more
+                    url = stack.enter_context(mlflow_server(backend, Path(folder), args.workers, pool))
                     lines.append(line(store, load(url, args.jobs, args.parallel, args.epochs, args.timeout)))
             except LookupError as why:
                 lines.append(f"{store}: skipped ({why})")
