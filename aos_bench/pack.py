@@ -27,14 +27,14 @@ def compose_jobs(overrides: list[str]) -> list:
     from omegaconf import open_dict
 
     from aos_bench.paths import CONFIG_DIR
-    from aos_bench.sweep import job_configs
+    from aos_bench.sweep import check_values
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         single = [o for o in overrides if "," not in o.partition("=")[2]]  # a sweep's lists expand below
         config = compose("config", overrides=single, return_hydra_config=True)
         with open_dict(config):
             config.hydra.overrides.task = list(overrides)
-        return job_configs(config)
+        return [cfg for _, cfg in check_values(config)]
 
 
 def pack_for(out: Path, overrides: list[str]) -> tuple[int, int]:

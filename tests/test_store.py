@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from omegaconf import OmegaConf
 from servers import free_port
 from sweeps import TINY
 
@@ -127,7 +128,10 @@ def test_a_store_that_fails_as_a_sweep_ends_stops_it_in_one_line(tmp_path, capsy
     callback.uri, callback.key, callback.run_id = uri, "tracking.uri", "0123abcd"  # as on_multirun_start leaves them
     sweep.FINISH_PROGRESS[callback.run_id] = lambda: None  # the progress thread's stop
     with pytest.raises(SystemExit) as stop:
-        callback.on_multirun_end(config=None)
+        # a sweep of the basic launcher, as Hydra hands it to the callback
+        ended = OmegaConf.create({"hydra": {"launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"},
+                                            "sweep": {"dir": str(tmp_path)}}, "tracking": {"experiment": "aos_bench"}})
+        callback.on_multirun_end(config=ended)
     why = "(DatabaseError: (sqlite3.DatabaseError) file is not a database)"
     assert stop.value.code == 2
     assert capsys.readouterr().err == f"aos_bench: tracking.uri={uri}: could not mark the sweep's parent run FINISHED {why}; its jobs' runs are kept\n"
