@@ -27,8 +27,9 @@ def database(postgres: str) -> Iterator[str]:
 
 @pytest.mark.slow  # 48 to 58 s on a shared 2-core machine: the server's start (its migrations) and a 2-job sweep; .ci/run runs it
 def test_a_sweep_through_a_locked_server_keeps_its_runs_in_postgresql(tmp_path, env, database):
-    secret = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[PASSWORD]}
-    with mlflow_server(tmp_path / "server", env | secret, "--app-name", "basic-auth", backend=database) as url:
+    documented = {"MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[PASSWORD],
+                  "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "40", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "40"}  # docs/sweeps.md's server
+    with mlflow_server(tmp_path / "server", env | documented, "--app-name", "basic-auth", backend=database) as url:
         with signed_in(env["HOME"], ADMIN):
             get_app_client("basic-auth", tracking_uri=url).create_user(ALICE[USER], ALICE[PASSWORD])
         args = ["experiment=smoke", "imbalance.mu=0.3", "method=base,aos", "seed=0", f"tracking.uri={url}"]
