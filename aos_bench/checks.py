@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aos_bench.credentials import NO_CREDENTIALS, holds_credentials
 from aos_bench.errors import UsageError
 from aos_bench.paths import is_plain_name
-from aos_bench.registry import METHODS, MODELS, REGISTRY
+from aos_bench.registry import METHODS, MODELS, REGISTRY, launcher_of
 from aos_bench.rules import Rule, choice, flag, is_class_list, is_number, number, numbers, show, text, whole
 
 MINORITY_MODES = ("random", "first", "last")  # imbalance.minority: which classes an imbalance makes minority, by name
@@ -135,6 +135,16 @@ def combination_problem(cfg: DictConfig) -> str | None:
         )
     if kind != "step" and not isinstance(minority, str):
         return f"imbalance.minority={show(minority)}: a list is for imbalance=step only; with imbalance={kind}: one of: {', '.join(MINORITY_MODES)}"
+    return None
+
+
+def launcher_problem(launcher: DictConfig) -> str | None:
+    """Why a key the launcher adds to Hydra's breaks its rule (registry.LAUNCHERS), as `hydra.launcher.<key>=<value>:
+    <allowed>`; None if every one passes, or the launcher is not one the suite registers."""
+    entry = launcher_of(str(launcher.get("_target_", "")))
+    for key, rule in (entry.params if entry else {}).items():
+        if not rule.ok(value := launcher.get(key)):
+            return f"hydra.launcher.{key}={show(value)}: {rule.allowed}"
     return None
 
 

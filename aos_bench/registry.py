@@ -1,6 +1,6 @@
 """Every method, network (model.arch) and dataset the suite runs, as an Entry: its name in the paper's words, the
 rules of its parameters (the keys of its conf/ file, with their defaults there) and whether hydra/launcher=stacked can
-train it.
+train it; and every launcher it knows (LAUNCHERS), with how its jobs run and the rules of its own keys.
 
 checks.validate reads a config's parameter rules from the entries its method, model and dataset name, the report its
 display names; the implementations sit in tables of the same names beside the code (methods.METHODS,
@@ -93,6 +93,36 @@ DATASETS: dict[str, Entry] = {
         },
     ),
 }
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """A Hydra launcher (hydra/launcher=<name>): the class Hydra instantiates (the end of hydra.launcher._target_),
+    whether its jobs run in the launching process (sharing its signals, not in worker processes or cluster jobs),
+    whether it trains them stacked or returns before they run, and the rules of the keys it adds to Hydra's own."""
+
+    target: str
+    in_process: bool
+    stacked: bool = False
+    detached: bool = False
+    params: Mapping[str, Rule] = field(default_factory=dict)
+
+
+LAUNCHERS: dict[str, Launcher] = {  # Hydra's own and its plugins' (no conf/ file here), then this suite's (conf/hydra/launcher/)
+    "basic": Launcher("BasicLauncher", in_process=True),
+    "joblib": Launcher("JoblibLauncher", in_process=False),
+    "submitit_local": Launcher("LocalLauncher", in_process=False),
+    "submitit_slurm": Launcher("SlurmLauncher", in_process=False),
+    "slurm_detached": Launcher("DetachedSlurmLauncher", in_process=False, detached=True),
+    "stacked": Launcher("StackedLauncher", in_process=True, stacked=True, params={"max_models": whole(1)}),
+}
+
+
+def launcher_of(target: str) -> Launcher | None:
+    """The registered launcher whose class hydra.launcher._target_ names; None for one the suite does not know."""
+    name = target.rpartition(".")[2]
+    return next((launcher for launcher in LAUNCHERS.values() if launcher.target == name), None)
+
 
 # config group -> (the key of its options that names an entry, the entries)
 REGISTRY: dict[str, tuple[str, dict[str, Entry]]] = {"dataset": ("name", DATASETS), "method": ("name", METHODS), "model": ("arch", MODELS)}

@@ -37,9 +37,10 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aos_bench.checks import hydra_error_line, override_key, stack_problem, validate
+from aos_bench.checks import hydra_error_line, launcher_problem, override_key, stack_problem, validate
 from aos_bench.errors import UsageError, reject
 from aos_bench.progress import watch
+from aos_bench.registry import launcher_of
 from aos_bench.status import in_queue
 from aos_bench.store import require_reachable, require_writable, tracking_key, tracking_uri, unwritable_hint
 
@@ -174,18 +175,18 @@ def close_stopped(uri: str, run_id: str, stopped: list[str] | None, jobs_in_proc
 
 def is_stacked(launcher: DictConfig) -> bool:
     """Whether this Hydra launcher is hydra/launcher=stacked."""
-    return str(launcher.get("_target_", "")).endswith(".StackedLauncher")
+    return getattr(launcher_of(str(launcher.get("_target_", ""))), "stacked", False)
 
 
 def is_detached(launcher: DictConfig) -> bool:
     """Whether this Hydra launcher is hydra/launcher=slurm_detached: the command returns once the array is submitted."""
-    return str(launcher.get("_target_", "")).endswith(".DetachedSlurmLauncher")
+    return getattr(launcher_of(str(launcher.get("_target_", ""))), "detached", False)
 
 
 def jobs_in_process(launcher: DictConfig) -> bool:
     """Whether this Hydra launcher runs the jobs in the launching process (Hydra's basic one, aos_bench's stacked one),
-    sharing its signals, rather than in worker processes (joblib) or cluster jobs (submitit)."""
-    return str(launcher.get("_target_", "")).endswith(".BasicLauncher") or is_stacked(launcher)
+    sharing its signals, rather than in worker processes (joblib) or cluster jobs (submitit); an unknown one: no."""
+    return getattr(launcher_of(str(launcher.get("_target_", ""))), "in_process", False)
 
 
 def stop_on_signals(stopped: list[str]) -> None:
@@ -245,6 +246,8 @@ def job_configs(config: DictConfig) -> list[DictConfig]:
 
 def check_values(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     """Every job's overrides and config, once each value has passed its check (in a second, before torch is imported)."""
+    if problem := launcher_problem(config.hydra.launcher):
+        reject(f"{problem} (no job of this sweep has run)")
     jobs, stacked, job_config = [], is_stacked(config.hydra.launcher), composer(config)
     for overrides in job_overrides(config):
         try:

@@ -94,6 +94,7 @@ def probe(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
         (["seed=["], "aos_bench: seed=[: not a valid override"),
         (["-m", "seed=0,1", "method.eps=0.1,5"], "aos_bench: method.eps=5: a number in [0, 1]"),
         (["-m", "method=base,nope"], "aos_bench: method=nope: one of: aos, balanced_softmax, base, focal, ldam_drw, reweight, ros, rus, smote, threshold"),
+        (["-m", "hydra/launcher=stacked", "hydra.launcher.max_models=0"], "aos_bench: hydra.launcher.max_models=0: a whole number >= 1"),
     ],
 )
 def test_rejected_in_one_line_with_exit_code_2_before_torch_and_mlflow_load(tmp_path, args, line):

@@ -2,15 +2,18 @@
 name, a docs row, and for methods and networks a stacked path or a refusal; and a method added in one entry is
 checked, refused, reported and refused by the stacked launcher without any other table to touch."""
 
+import importlib
+
 import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, make_config
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch import nn
 
-from aos_bench import data, methods, models, registry
-from aos_bench.checks import RULES, stack_problem, validate
+from aos_bench import data, methods, models, registry, sweep
+from aos_bench.checks import RULES, launcher_problem, stack_problem, validate
 from aos_bench.errors import UsageError
 from aos_bench.registry import METHODS, MODELS, REGISTRY, Entry
 from aos_bench.report import studies
@@ -104,3 +107,36 @@ def test_a_new_method_is_validated_refused_reported_and_refused_stacked(mixup):
     assert f1.splitlines()[0] == "| row | AOS | Mixup |" and "| synthetic step mu=0.3 rho=10 | +10.00, p=0.250 (n=3) |" in paired
     assert registry.display("mixup") == "Mixup"
 
+
+
+@pytest.mark.parametrize("name", sorted(registry.LAUNCHERS))
+def test_each_registered_launcher_is_the_class_its_option_composes(name):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        launcher = compose("config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher
+    module, _, cls = launcher._target_.rpartition(".")
+    assert hasattr(importlib.import_module(module), cls)  # Hydra can instantiate it
+    assert registry.launcher_of(launcher._target_) is registry.LAUNCHERS[name]
+
+
+def test_every_launcher_of_conf_is_registered_with_a_rule_for_each_key_it_adds_to_hydras():
+    found = options("hydra/launcher")
+    assert found.keys() == {"stacked", "slurm_detached"} and found.keys() <= registry.LAUNCHERS.keys()
+    for name, values in found.items():
+        assert set(values) - {"_target_", "defaults"} == set(registry.LAUNCHERS[name].params), name
+
+
+def test_how_a_launcher_runs_its_jobs_is_read_from_its_entry():
+    flags = {name: (sweep.jobs_in_process(OmegaConf.create({"_target_": f"x.{launcher.target}"})),
+                    sweep.is_stacked(OmegaConf.create({"_target_": f"x.{launcher.target}"})),
+                    sweep.is_detached(OmegaConf.create({"_target_": f"x.{launcher.target}"})))
+             for name, launcher in registry.LAUNCHERS.items()}
+    assert flags == {"basic": (True, False, False), "joblib": (False, False, False), "submitit_local": (False, False, False),
+                     "submitit_slurm": (False, False, False), "slurm_detached": (False, False, True), "stacked": (True, True, False)}
+    assert sweep.jobs_in_process(OmegaConf.create({"_target_": "elsewhere.RayLauncher"})) is False  # one it does not know
+
+
+def test_a_launcher_key_out_of_its_rule_is_refused_and_an_unknown_launcher_is_not_checked():
+    stacked = {"_target_": "hydra_plugins.aos_bench_stacked.StackedLauncher"}
+    assert launcher_problem(OmegaConf.create(stacked | {"max_models": 0})) == "hydra.launcher.max_models=0: a whole number >= 1"
+    assert launcher_problem(OmegaConf.create(stacked | {"max_models": 64})) is None
+    assert launcher_problem(OmegaConf.create({"_target_": "elsewhere.RayLauncher", "max_models": 0})) is None
