@@ -141,7 +141,7 @@ def combination_problem(cfg: DictConfig) -> str | None:
 def launcher_problem(launcher: DictConfig) -> str | None:
     """Why a key the launcher adds to Hydra's breaks its rule (registry.LAUNCHERS), as `hydra.launcher.<key>=<value>:
     <allowed>`; None if every one passes, or the launcher is not one the suite registers."""
-    entry = launcher_of(str(launcher.get("_target_", "")))
+    entry = launcher_of(launcher)
     for key, rule in (entry.params if entry else {}).items():
         if not rule.ok(value := launcher.get(key)):
             return f"hydra.launcher.{key}={show(value)}: {rule.allowed}"

@@ -118,10 +118,11 @@ LAUNCHERS: dict[str, Launcher] = {  # Hydra's own and its plugins' (no conf/ fil
 }
 
 
-def launcher_of(target: str) -> Launcher | None:
-    """The registered launcher whose class hydra.launcher._target_ names; None for one the suite does not know."""
-    name = target.rpartition(".")[2]
-    return next((launcher for launcher in LAUNCHERS.values() if launcher.target == name), None)
+def launcher_of(launcher: Mapping) -> Launcher | None:
+    """The registered launcher of a hydra.launcher config, by the class its _target_ names; None for one the suite
+    does not know."""
+    name = str(launcher.get("_target_", "")).rpartition(".")[2]
+    return next((entry for entry in LAUNCHERS.values() if entry.target == name), None)
 
 
 # config group -> (the key of its options that names an entry, the entries)

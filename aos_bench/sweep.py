@@ -126,10 +126,11 @@ def failed_jobs(uri: str, experiment_id: str, run_id: str) -> str:
 def record_launch(client: mlflow.MlflowClient, run_id: str, jobs: int) -> None:
     """Tag the parent run with this launch: its jobs and start (ms), read by aos_bench.status; a detached launch's
     SLURM tags are the detached launcher's to set again."""
+    tags = client.get_run(run_id).data.tags
     client.set_tag(run_id, "jobs", str(jobs))
     client.set_tag(run_id, "launched", str(int(time.time() * 1000)))
     for name in ("slurm_array", "slurm_closer"):
-        if name in client.get_run(run_id).data.tags:
+        if name in tags:
             client.delete_tag(run_id, name)
 
 
@@ -175,18 +176,18 @@ def close_stopped(uri: str, run_id: str, stopped: list[str] | None, jobs_in_proc
 
 def is_stacked(launcher: DictConfig) -> bool:
     """Whether this Hydra launcher is hydra/launcher=stacked."""
-    return getattr(launcher_of(str(launcher.get("_target_", ""))), "stacked", False)
+    return getattr(launcher_of(launcher), "stacked", False)
 
 
 def is_detached(launcher: DictConfig) -> bool:
     """Whether this Hydra launcher is hydra/launcher=slurm_detached: the command returns once the array is submitted."""
-    return getattr(launcher_of(str(launcher.get("_target_", ""))), "detached", False)
+    return getattr(launcher_of(launcher), "detached", False)
 
 
 def jobs_in_process(launcher: DictConfig) -> bool:
     """Whether this Hydra launcher runs the jobs in the launching process (Hydra's basic one, aos_bench's stacked one),
     sharing its signals, rather than in worker processes (joblib) or cluster jobs (submitit); an unknown one: no."""
-    return getattr(launcher_of(str(launcher.get("_target_", ""))), "in_process", False)
+    return getattr(launcher_of(launcher), "in_process", False)
 
 
 def stop_on_signals(stopped: list[str]) -> None:

@@ -115,7 +115,7 @@ def test_each_registered_launcher_is_the_class_its_option_composes(name):
         launcher = compose("config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher
     module, _, cls = launcher._target_.rpartition(".")
     assert hasattr(importlib.import_module(module), cls)  # Hydra can instantiate it
-    assert registry.launcher_of(launcher._target_) is registry.LAUNCHERS[name]
+    assert registry.launcher_of(launcher) is registry.LAUNCHERS[name]
 
 
 def test_every_launcher_of_conf_is_registered_with_a_rule_for_each_key_it_adds_to_hydras():
